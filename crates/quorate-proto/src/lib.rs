@@ -1,0 +1,24 @@
+//! Wire types for Quorate.
+//!
+//! `etcdserverpb`, `mvccpb` and `authpb` are Quorate's own `.proto` files with
+//! etcd's package, service, message and field names and numbers, so etcd clients
+//! interoperate unchanged. `quoratepb` holds messages that never leave a cluster.
+//! This crate contains no logic.
+
+#![allow(clippy::all, clippy::pedantic)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod quoratepb {
+    tonic::include_proto!("quoratepb");
+}
