@@ -1,1 +1,147 @@
-fn main() {}
+//! `quorate`: the server. Flags follow etcd's names and defaults; every flag
+//! can also be given as an environment variable `QUORATE_<FLAG_IN_CAPS>`
+//! (e.g. `QUORATE_DATA_DIR`), as etcd accepts `ETCD_*`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Parser;
+use quorate_server::ServerConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "quorate",
+    version,
+    about = "Quorate: an etcd-compatible, quorum-safe key-value store"
+)]
+struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "QUORATE_NAME", default_value = "default")]
+    name: String,
+
+    /// Path to the data directory (default: <name>.quorate).
+    #[arg(long, env = "QUORATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// URLs to listen on for client traffic (comma-separated). Port 0 picks a free port.
+    #[arg(
+        long,
+        env = "QUORATE_LISTEN_CLIENT_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    listen_client_urls: Vec<String>,
+
+    /// Client URLs to advertise to the cluster (comma-separated). Port 0 means the bound port.
+    #[arg(
+        long,
+        env = "QUORATE_ADVERTISE_CLIENT_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    advertise_client_urls: Vec<String>,
+
+    /// This member's peer URLs, as advertised to the cluster (comma-separated).
+    #[arg(
+        long,
+        env = "QUORATE_INITIAL_ADVERTISE_PEER_URLS",
+        value_delimiter = ',',
+        default_value = "http://localhost:2380"
+    )]
+    initial_advertise_peer_urls: Vec<String>,
+
+    /// Cluster token used to derive member and cluster IDs at bootstrap.
+    #[arg(
+        long,
+        env = "QUORATE_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    initial_cluster_token: String,
+
+    /// Largest client write request accepted, in bytes.
+    #[arg(long, env = "QUORATE_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    max_request_bytes: usize,
+
+    /// Most operations in one txn branch.
+    #[arg(long, env = "QUORATE_MAX_TXN_OPS", default_value_t = 128)]
+    max_txn_ops: usize,
+
+    /// Backend size, in bytes, above which writes are refused.
+    #[arg(long, env = "QUORATE_QUOTA_BACKEND_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    quota_backend_bytes: u64,
+
+    /// Backend page cache, in bytes (bounds resident memory).
+    #[arg(long, env = "QUORATE_BACKEND_CACHE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    backend_cache_bytes: usize,
+
+    /// Log level: debug, info, warn or error (RUST_LOG overrides).
+    #[arg(long, env = "QUORATE_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+impl Flags {
+    fn into_config(self) -> ServerConfig {
+        let mut cfg = ServerConfig::new(&self.name);
+        if let Some(d) = self.data_dir {
+            cfg.data_dir = d;
+        }
+        cfg.listen_client_urls = self.listen_client_urls;
+        cfg.advertise_client_urls = self.advertise_client_urls;
+        cfg.initial_advertise_peer_urls = self.initial_advertise_peer_urls;
+        cfg.initial_cluster_token = self.initial_cluster_token;
+        cfg.max_request_bytes = self.max_request_bytes;
+        cfg.max_txn_ops = self.max_txn_ops;
+        cfg.quota_backend_bytes = self.quota_backend_bytes;
+        cfg.backend_cache_bytes = self.backend_cache_bytes;
+        cfg
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+        _ = term => tracing::info!("received SIGTERM"),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let flags = Flags::parse();
+    init_logging(&flags.log_level);
+    let cfg = flags.into_config();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quorate: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(quorate_server::run(cfg, shutdown_signal())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("quorate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! etcdserverpb.KV: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use prost::Message;
+use quorate_proto::etcdserverpb::kv_server::Kv;
+use quorate_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use quorate_proto::quoratepb::internal_request::Request as Write;
+use tonic::{Request, Response, Status};
+
+use crate::apply::{self, WriteResponse};
+use crate::core::Core;
+use crate::error::ApiError;
+use crate::validate;
+
+pub struct KvService {
+    core: Arc<Core>,
+}
+
+impl KvService {
+    pub fn new(core: Arc<Core>) -> KvService {
+        KvService { core }
+    }
+
+    /// etcd refuses a write whose encoded request exceeds --max-request-bytes.
+    fn check_size(&self, encoded_len: usize) -> Result<(), ApiError> {
+        if encoded_len > self.core.config.max_request_bytes {
+            return Err(ApiError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    /// Writes that add data are refused while the backend is over quota.
+    fn check_quota(&self) -> Result<(), ApiError> {
+        if self.core.db_size() > self.core.config.quota_backend_bytes {
+            return Err(ApiError::NoSpace);
+        }
+        Ok(())
+    }
+
+    async fn write(&self, w: Write) -> Result<WriteResponse, Status> {
+        Ok(self.core.pipeline.propose(w).await?)
+    }
+
+    /// Runs a read on a store snapshot off the async workers.
+    async fn read<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&quorate_mvcc::ReadTxn) -> Result<T, ApiError> + Send + 'static,
+    {
+        let store = self.core.store.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let snapshot = store.read().map_err(ApiError::from)?;
+            f(&snapshot)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("read task failed: {e}")))?;
+        Ok(r?)
+    }
+}
+
+fn unexpected() -> Status {
+    Status::internal("etcdserver: unexpected response type")
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_range(&req)?;
+        // One member: its committed state is the linearizable state, so
+        // serializable and linearizable reads are served the same way.
+        let mut resp = self.read(move |s| apply::range(s, &req)).await?;
+        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        resp.header = self.core.header(rev);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_put(&req)?;
+        self.check_size(req.encoded_len())?;
+        self.check_quota()?;
+        match self.write(Write::Put(req)).await? {
+            WriteResponse::Put(mut r) => {
+                let rev = r.header.as_ref().map_or(0, |h| h.revision);
+                r.header = self.core.header(rev);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_delete_range(&req)?;
+        self.check_size(req.encoded_len())?;
+        match self.write(Write::DeleteRange(req)).await? {
+            WriteResponse::DeleteRange(mut r) => {
+                let rev = r.header.as_ref().map_or(0, |h| h.revision);
+                r.header = self.core.header(rev);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = req.into_inner();
+        validate::check_txn(&req, self.core.config.max_txn_ops)?;
+        let mut resp = if apply::txn_is_read_only(&req) {
+            self.read(move |s| apply::read_only_txn(s, &req)).await?
+        } else {
+            self.check_size(req.encoded_len())?;
+            self.check_quota()?;
+            match self.write(Write::Txn(req)).await? {
+                WriteResponse::Txn(r) => r,
+                _ => return Err(unexpected()),
+            }
+        };
+        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        resp.header = self.core.header(rev);
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = req.into_inner();
+        let physical = req.physical;
+        let mut resp = match self.write(Write::Compaction(req)).await? {
+            WriteResponse::Compaction(r) => r,
+            _ => return Err(unexpected()),
+        };
+        if physical {
+            self.core.pipeline.wait_compacted().await?;
+        }
+        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
+        resp.header = self.core.header(rev);
+        Ok(Response::new(resp))
+    }
+}

@@ -1,0 +1,40 @@
+//! Server configuration, with etcd's flag names and defaults. Parsing from
+//! the command line lives in the `quorate` binary; this is the plain value.
+
+use std::path::PathBuf;
+
+/// gRPC framing allowance on top of `--max-request-bytes` (etcd uses the same).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    /// Peer URLs this member is known by; they determine its member ID.
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub initial_cluster_token: String,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub quota_backend_bytes: u64,
+    /// redb page cache size.
+    pub backend_cache_bytes: usize,
+}
+
+impl ServerConfig {
+    pub fn new(name: &str) -> ServerConfig {
+        ServerConfig {
+            name: name.to_string(),
+            data_dir: PathBuf::from(format!("{name}.quorate")),
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
+            initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
+            initial_cluster_token: "etcd-cluster".into(),
+            max_request_bytes: 1536 * 1024,
+            max_txn_ops: 128,
+            quota_backend_bytes: 2 * 1024 * 1024 * 1024,
+            backend_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
