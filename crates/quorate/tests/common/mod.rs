@@ -148,13 +148,19 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn quorate");
         let stderr = child.stderr.take().expect("stderr piped");
         let endpoint = wait_for_line(stderr, &self.log_path, "serving client requests on ")
-            .unwrap_or_else(|e| panic!("quorate did not start: {e}; log at {}", self.log_path.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "quorate did not start: {e}; log at {}",
+                    self.log_path.display()
+                )
+            });
         self.endpoint = endpoint;
         self.child = Some(child);
     }
 
     fn spawn_etcd(&mut self) {
-        let etcd = etcd_bin().expect("QUORATE_TEST_TARGET=etcd needs an etcd binary (ETCD_BIN or PATH)");
+        let etcd =
+            etcd_bin().expect("QUORATE_TEST_TARGET=etcd needs an etcd binary (ETCD_BIN or PATH)");
         let client = format!("http://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
         let mut cmd = Command::new(etcd);
@@ -176,8 +182,14 @@ impl Server {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn etcd");
         let stderr = child.stderr.take().expect("stderr piped");
-        wait_for_line(stderr, &self.log_path, "ready to serve client requests")
-            .unwrap_or_else(|e| panic!("etcd did not start: {e}; log at {}", self.log_path.display()));
+        wait_for_line(stderr, &self.log_path, "ready to serve client requests").unwrap_or_else(
+            |e| {
+                panic!(
+                    "etcd did not start: {e}; log at {}",
+                    self.log_path.display()
+                )
+            },
+        );
         self.endpoint = client;
         self.child = Some(child);
     }
@@ -197,7 +209,10 @@ impl Server {
     /// SIGTERM and wait for a clean exit; returns the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(st)) = c.try_wait() {
