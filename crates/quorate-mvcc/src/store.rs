@@ -83,7 +83,7 @@ pub struct RangeResult {
     pub kvs: Vec<KeyValue>,
     /// Number of keys in the range at that revision.
     pub count: usize,
-    /// The revision the read was served at.
+    /// The store's current revision when the read was served.
     pub revision: i64,
 }
 
@@ -380,10 +380,11 @@ where
     } else {
         opts.revision
     };
+    // etcd reports the store's current revision even for historical reads.
     let mut out = RangeResult {
         kvs: Vec::new(),
         count: 0,
-        revision,
+        revision: current,
     };
     if range.is_empty() {
         return Ok(out);

@@ -76,7 +76,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let max_msg = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // Requests between the limit and twice it get etcd's exact error from
+    // the KV service; tonic refuses anything larger before decoding.
+    let max_msg = 2 * (cfg.max_request_bytes + GRPC_OVERHEAD_BYTES);
     let mut servers = Vec::new();
     for (listener, bound) in listeners {
         let kv = KvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_msg);

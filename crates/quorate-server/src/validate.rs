@@ -47,17 +47,16 @@ pub fn check_delete_range(r: &DeleteRangeRequest) -> Result<(), ApiError> {
 }
 
 pub fn check_txn(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> {
-    if r.compare.len() > max_txn_ops
-        || r.success.len() > max_txn_ops
-        || r.failure.len() > max_txn_ops
-    {
+    // The widest part of this txn uses up budget its nested txns can't have.
+    let width = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if width > max_txn_ops {
         return Err(ApiError::TooManyOps);
     }
     for c in &r.compare {
         check_compare(c)?;
     }
     for op in r.success.iter().chain(r.failure.iter()) {
-        check_op(op, max_txn_ops)?;
+        check_op(op, max_txn_ops - width)?;
     }
     check_intervals(&r.success)?;
     check_intervals(&r.failure)?;
@@ -84,9 +83,8 @@ fn check_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), ApiError> {
         Some(request_op::Request::RequestPut(r)) => check_put(r),
         Some(request_op::Request::RequestDeleteRange(r)) => check_delete_range(r),
         Some(request_op::Request::RequestTxn(r)) => check_txn(r, max_txn_ops),
-        None => Err(ApiError::InvalidArgument(
-            "etcdserver: request op is not set".into(),
-        )),
+        // etcd answers an op with no request set this way.
+        None => Err(ApiError::KeyNotFound),
     }
 }
 

@@ -12,6 +12,7 @@ use quorate_proto::quoratepb::internal_request::Request as Write;
 use tonic::{Request, Response, Status};
 
 use crate::apply::{self, WriteResponse};
+use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::core::Core;
 use crate::error::ApiError;
 use crate::validate;
@@ -23,6 +24,18 @@ pub struct KvService {
 impl KvService {
     pub fn new(core: Arc<Core>) -> KvService {
         KvService { core }
+    }
+
+    /// gRPC's own message limit, with etcd's (grpc-go's) code and wording.
+    /// tonic enforces a hard bound at twice this size before decoding.
+    fn check_message_size(&self, encoded_len: usize) -> Result<(), Status> {
+        let max = self.core.config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        if encoded_len > max {
+            return Err(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({encoded_len} vs. {max})"
+            )));
+        }
+        Ok(())
     }
 
     /// etcd refuses a write whose encoded request exceeds --max-request-bytes.
@@ -70,6 +83,7 @@ fn unexpected() -> Status {
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = req.into_inner();
+        self.check_message_size(req.encoded_len())?;
         validate::check_range(&req)?;
         // One member: its committed state is the linearizable state, so
         // serializable and linearizable reads are served the same way.
@@ -81,6 +95,7 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
+        self.check_message_size(req.encoded_len())?;
         validate::check_put(&req)?;
         self.check_size(req.encoded_len())?;
         self.check_quota()?;
@@ -99,6 +114,7 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = req.into_inner();
+        self.check_message_size(req.encoded_len())?;
         validate::check_delete_range(&req)?;
         self.check_size(req.encoded_len())?;
         match self.write(Write::DeleteRange(req)).await? {
@@ -113,6 +129,7 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = req.into_inner();
+        self.check_message_size(req.encoded_len())?;
         validate::check_txn(&req, self.core.config.max_txn_ops)?;
         let mut resp = if apply::txn_is_read_only(&req) {
             self.read(move |s| apply::read_only_txn(s, &req)).await?
@@ -134,6 +151,7 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = req.into_inner();
+        self.check_message_size(req.encoded_len())?;
         let physical = req.physical;
         let mut resp = match self.write(Write::Compaction(req)).await? {
             WriteResponse::Compaction(r) => r,
