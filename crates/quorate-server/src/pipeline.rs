@@ -43,6 +43,8 @@ enum Command {
     Propose(Proposal),
     /// Resolves once history up to the current compact revision is reclaimed.
     WaitCompacted(oneshot::Sender<()>),
+    /// Finish the batch in progress and exit; later proposals fail.
+    Stop,
 }
 
 /// Figures the pipeline publishes for status reporting.
@@ -92,6 +94,13 @@ impl WritePipeline {
         rx.await.map_err(|_| ApiError::Stopped)?
     }
 
+    /// Asks the pipeline thread to exit after the batch in progress. Client
+    /// connections may outlive shutdown, so their handles can't be relied on
+    /// to close the queue.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Command::Stop).await;
+    }
+
     /// Waits until compacted history has been physically removed.
     pub async fn wait_compacted(&self) -> Result<(), ApiError> {
         let (tx, rx) = oneshot::channel();
@@ -128,12 +137,17 @@ fn run(
             }
         };
         let mut next = first;
+        let mut stopping = false;
         while let Some(cmd) = next.take() {
             match cmd {
                 Command::Propose(p) => batch.push(p),
                 Command::WaitCompacted(w) => {
                     compaction_waiters.push(w);
                     compaction_pending = true;
+                }
+                Command::Stop => {
+                    stopping = true;
+                    break;
                 }
             }
             if batch.len() < BATCH_MAX_REQUESTS {
@@ -164,6 +178,9 @@ fn run(
                     compaction_pending = false;
                 }
             }
+        }
+        if stopping {
+            break;
         }
         if size_refreshed.elapsed() >= SIZE_REFRESH_INTERVAL {
             size_refreshed = Instant::now();

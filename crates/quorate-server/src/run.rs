@@ -24,6 +24,8 @@ use crate::pipeline::WritePipeline;
 /// The directory inside the data dir that holds this member's state.
 const MEMBER_DIR: &str = "member";
 const STORE_FILE: &str = "store.redb";
+/// How long shutdown waits for in-flight client requests.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const META_MEMBER_ID: &str = "member_id";
 const META_CLUSTER_ID: &str = "cluster_id";
 
@@ -97,20 +99,36 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         info!("serving client requests on http://{bound}");
         servers.push(tokio::spawn(server));
     }
+    let pipeline = core.pipeline.clone();
     drop(core);
 
     shutdown.await;
     info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
-    for s in servers {
-        match s.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "client listener stopped with an error"),
-            Err(e) => warn!(error = %e, "client listener task failed"),
+    // In-flight requests finish; idle client connections are not waited for
+    // beyond the drain timeout.
+    let drain = futures::future::join_all(servers.iter_mut());
+    match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
+        Ok(results) => {
+            for r in results {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, "client listener stopped with an error"),
+                    Err(e) => warn!(error = %e, "client listener task failed"),
+                }
+            }
+        }
+        Err(_) => {
+            warn!("client connections still open after {DRAIN_TIMEOUT:?}; closing them");
+            for s in &servers {
+                s.abort();
+            }
+            for s in servers {
+                let _ = s.await;
+            }
         }
     }
-    // The services held the last pipeline handles; the apply thread now
-    // finishes its batch and exits.
+    pipeline.stop().await;
     tokio::task::spawn_blocking(move || apply_thread.join())
         .await
         .ok();

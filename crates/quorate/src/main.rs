@@ -140,7 +140,6 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("quorate: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
