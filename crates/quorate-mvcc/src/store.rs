@@ -128,7 +128,8 @@ impl Store {
             meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
             // etcd starts at revision 1: the empty store.
             meta.insert(META_REVISION, 1i64.to_le_bytes().as_slice())?;
-            meta.insert(META_COMPACT_REVISION, 0i64.to_le_bytes().as_slice())?;
+            // Nothing compacted yet: etcd starts at -1, so compacting at 0 works once.
+            meta.insert(META_COMPACT_REVISION, (-1i64).to_le_bytes().as_slice())?;
         }
         txn.commit()?;
         Ok(())
@@ -226,6 +227,9 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let target = get_i64(&meta, META_COMPACT_REVISION)?;
             let cursor = get_rev(&meta, META_COMPACT_CURSOR)?.unwrap_or((0, 0));
+            if (target, i64::MAX) < cursor {
+                return Ok(false);
+            }
             let mut history = txn.open_table(HISTORY)?;
             let mut key_revs = txn.open_table(KEY_REVISIONS)?;
             let mut latest_seen: Option<(RevKey, RecordKind, Vec<u8>)>;

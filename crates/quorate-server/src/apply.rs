@@ -278,39 +278,42 @@ fn compare_holds<R: KvRead>(r: &R, c: &Compare) -> Result<bool, ApiError> {
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     use compare::{CompareResult, CompareTarget, TargetUnion};
     use std::cmp::Ordering;
-    let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
-    let int_target = |want: i64| -> i64 { want };
-    let ord = match target {
-        CompareTarget::Value => {
+    // A target value set for another field than the compare's target counts
+    // as zero (or empty), and an unknown target compares equal, as in etcd.
+    let number = |v: Option<i64>| v.unwrap_or(0);
+    let ord = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
             let want: &[u8] = match &c.target_union {
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
             kv.value.as_slice().cmp(want)
         }
-        _ => {
-            let want = match &c.target_union {
-                Some(TargetUnion::Version(v))
-                | Some(TargetUnion::CreateRevision(v))
-                | Some(TargetUnion::ModRevision(v))
-                | Some(TargetUnion::Lease(v)) => int_target(*v),
-                _ => 0,
-            };
-            let have = match target {
-                CompareTarget::Version => kv.version,
-                CompareTarget::Create => kv.create_revision,
-                CompareTarget::Mod => kv.mod_revision,
-                CompareTarget::Lease => kv.lease,
-                CompareTarget::Value => 0,
-            };
-            have.cmp(&want)
-        }
+        Ok(CompareTarget::Version) => kv.version.cmp(&number(match c.target_union {
+            Some(TargetUnion::Version(v)) => Some(v),
+            _ => None,
+        })),
+        Ok(CompareTarget::Create) => kv.create_revision.cmp(&number(match c.target_union {
+            Some(TargetUnion::CreateRevision(v)) => Some(v),
+            _ => None,
+        })),
+        Ok(CompareTarget::Mod) => kv.mod_revision.cmp(&number(match c.target_union {
+            Some(TargetUnion::ModRevision(v)) => Some(v),
+            _ => None,
+        })),
+        Ok(CompareTarget::Lease) => kv.lease.cmp(&number(match c.target_union {
+            Some(TargetUnion::Lease(v)) => Some(v),
+            _ => None,
+        })),
+        Err(_) => Ordering::Equal,
     };
-    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
-        CompareResult::Equal => ord == Ordering::Equal,
-        CompareResult::NotEqual => ord != Ordering::Equal,
-        CompareResult::Greater => ord == Ordering::Greater,
-        CompareResult::Less => ord == Ordering::Less,
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(CompareResult::Less) => ord == Ordering::Less,
+        // etcd treats an unknown compare result as satisfied.
+        Err(_) => true,
     }
 }
 

@@ -3,8 +3,8 @@
 
 use quorate_mvcc::KeyRange;
 use quorate_proto::etcdserverpb::{
-    compare, range_request, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
-    RequestOp, TxnRequest,
+    range_request, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
 };
 
 use crate::error::ApiError;
@@ -64,15 +64,10 @@ pub fn check_txn(r: &TxnRequest, max_txn_ops: usize) -> Result<(), ApiError> {
 }
 
 fn check_compare(c: &Compare) -> Result<(), ApiError> {
+    // Unknown compare results and targets are not refused: etcd evaluates
+    // them (see apply::compare_kv).
     if c.key.is_empty() {
         return Err(ApiError::EmptyKey);
-    }
-    if compare::CompareResult::try_from(c.result).is_err()
-        || compare::CompareTarget::try_from(c.target).is_err()
-    {
-        return Err(ApiError::InvalidArgument(
-            "etcdserver: invalid compare".into(),
-        ));
     }
     Ok(())
 }
