@@ -1949,17 +1949,17 @@ async fn txn_inner_response_headers_carry_only_revision() {
         .await
         .unwrap()
         .into_inner();
-    let outer = resp.header.clone().unwrap();
+    let outer = resp.header.unwrap();
     assert_eq!(outer.revision, 3);
     assert_ne!(outer.cluster_id, 0);
     let mut inner_revs = Vec::new();
     for r in &resp.responses {
         use pb::response_op::Response;
         let h = match r.response.as_ref().unwrap() {
-            Response::ResponseRange(x) => x.header.clone(),
-            Response::ResponsePut(x) => x.header.clone(),
-            Response::ResponseDeleteRange(x) => x.header.clone(),
-            Response::ResponseTxn(x) => x.header.clone(),
+            Response::ResponseRange(x) => x.header,
+            Response::ResponsePut(x) => x.header,
+            Response::ResponseDeleteRange(x) => x.header,
+            Response::ResponseTxn(x) => x.header,
         }
         .expect("inner header present");
         assert_eq!(h.cluster_id, 0);
@@ -2555,7 +2555,7 @@ async fn member_list_has_single_member_matching_header_and_endpoint() {
     assert_eq!(members.len(), 1);
     let m = &members[0];
     assert_eq!(m.id(), h.member_id());
-    assert_eq!(m.client_urls(), [srv.endpoint.clone()]);
+    assert_eq!(m.client_urls(), std::slice::from_ref(&srv.endpoint));
     assert!(!m.peer_urls().is_empty());
     assert!(!m.name().is_empty());
     assert!(!m.is_learner());
