@@ -1,8 +1,85 @@
 //! quoratectl: the operator CLI. Speaks etcd's v3 gRPC API, so it works
-//! against Quorate and against etcd. Placeholder until implemented.
+//! against Quorate and against etcd, and copies etcdctl 3.5's commands,
+//! flags, output formats and exit codes so existing scripts keep working.
+//!
+//! Layout:
+//! - [`cli`]: flag and command syntax (clap, made to behave like pflag);
+//! - [`commands`]: one module per command group;
+//! - [`output`]: the `-w` formats and the printer every command uses;
+//! - [`client`]: dialing endpoints and unary calls with etcdctl's timeouts;
+//! - [`exit`]: errors, exit codes, gRPC status → message mapping;
+//! - [`gofmt`]: Go formatting/parsing details that show in the output.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod exit;
+pub mod gofmt;
+pub mod output;
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+
+use commands::Env;
+use exit::CtlError;
+use output::Out;
 
 /// Runs the CLI with the process arguments; returns the process exit code.
-pub fn main_with_args(_args: Vec<String>) -> i32 {
-    eprintln!("Error: quoratectl is not built yet");
-    1
+pub fn main_with_args(args: Vec<String>) -> i32 {
+    main_with_args_os(args.into_iter().map(OsString::from).collect())
+}
+
+/// Like [`main_with_args`], for `std::env::args_os()`: keys and values that
+/// are not UTF-8 reach the server unchanged.
+pub fn main_with_args_os(args: Vec<OsString>) -> i32 {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    run(
+        args,
+        &mut stdin.lock(),
+        &mut stdout.lock(),
+        &mut stderr.lock(),
+    )
+}
+
+/// Runs the CLI against the given streams; returns the exit code.
+pub fn run(
+    args: Vec<OsString>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    let cli = match cli::parse(args, stdout, stderr) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(stderr, "Error: {e}");
+            return exit::ERROR;
+        }
+    };
+    let mut env = Env::new(&cli.global, stdin, Out { stdout, stderr });
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = commands::run(cli.command, &mut env) => r,
+            Ok(()) = tokio::signal::ctrl_c() => Err(CtlError::interrupted()),
+        }
+    });
+    let result = result.and_then(|()| env.out.stdout.flush().map_err(CtlError::from));
+    match result {
+        Ok(()) => exit::SUCCESS,
+        Err(e) => {
+            let _ = env.out.stdout.flush();
+            if !e.silent {
+                let _ = writeln!(env.out.stderr, "Error: {}", e.message);
+            }
+            e.code
+        }
+    }
 }

@@ -1,0 +1,77 @@
+//! Command implementations, one module per command group (`kv` for
+//! put/get/del, `endpoint`, `member`). Each command validates its arguments
+//! and output format first (so a bad invocation never reaches the server),
+//! then dials, calls, and hands the response to the shared printer.
+//!
+//! Adding a command: parse its flags in `cli`, add a function here or in a
+//! new group module taking `&mut Env`, implement `output::Render` for what
+//! it prints, and route it in [`run`].
+
+pub mod endpoint;
+pub mod kv;
+pub mod member;
+
+use std::io::Read;
+
+use crate::cli::{self, Command, EndpointCommand, GlobalFlags, MemberCommand};
+use crate::client::ClientConfig;
+use crate::exit::CtlError;
+use crate::output::{Out, OutputFormat, Printer};
+
+/// Everything a command needs: connection settings, output options and the
+/// process's standard streams.
+pub struct Env<'a> {
+    pub cfg: ClientConfig,
+    write_out: String,
+    hex: bool,
+    pub stdin: &'a mut dyn Read,
+    pub out: Out<'a>,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(global: &GlobalFlags, stdin: &'a mut dyn Read, out: Out<'a>) -> Self {
+        Env {
+            cfg: ClientConfig {
+                endpoints: global.endpoints.clone(),
+                dial_timeout: global.dial_timeout,
+                command_timeout: global.command_timeout,
+            },
+            write_out: global.write_out.clone(),
+            hex: global.hex,
+            stdin,
+            out,
+        }
+    }
+
+    /// The printer for `-w`/`--hex`; an unknown format exits with code 4.
+    pub fn printer(&self) -> Result<Printer, CtlError> {
+        Ok(Printer::new(
+            OutputFormat::parse(&self.write_out)?,
+            self.hex,
+        ))
+    }
+
+    fn help(&mut self, path: &[&str]) -> Result<(), CtlError> {
+        self.out.stdout.write_all(cli::help(path).as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Runs the parsed command.
+pub async fn run(command: Option<Command>, env: &mut Env<'_>) -> Result<(), CtlError> {
+    match command {
+        None => env.help(&[]),
+        Some(Command::Put(a)) => kv::put(a, env).await,
+        Some(Command::Get(a)) => kv::get(a, env).await,
+        Some(Command::Del(a)) => kv::del(a, env).await,
+        Some(Command::Endpoint(a)) => match a.command {
+            None => env.help(&["endpoint"]),
+            Some(EndpointCommand::Health) => endpoint::health(a.cluster, env).await,
+            Some(EndpointCommand::Status) => endpoint::status(a.cluster, env).await,
+        },
+        Some(Command::Member(a)) => match a.command {
+            None => env.help(&["member"]),
+            Some(MemberCommand::List) => member::list(env).await,
+        },
+    }
+}
