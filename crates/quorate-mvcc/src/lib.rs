@@ -18,11 +18,13 @@
 mod codec;
 mod error;
 mod keys;
+mod snapshot;
 mod store;
 
 pub use error::MvccError;
 pub use keys::KeyRange;
 pub use quorate_proto::mvccpb::KeyValue;
+pub use snapshot::{read_snapshot_info, SnapshotInfo, MAX_FRAME_BYTES, SNAPSHOT_FORMAT_VERSION};
 pub use store::{
     AppliedIndex, RangeOptions, RangeResult, ReadTxn, Revision, Store, StoreOptions, WriteTxn,
     FORMAT_VERSION,

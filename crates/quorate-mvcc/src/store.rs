@@ -22,21 +22,22 @@ use crate::{KeyRange, KeyValue, MvccError};
 
 /// Version of the on-disk layout. Bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
-const MAGIC: &[u8] = b"quorate-mvcc";
+pub(crate) const MAGIC: &[u8] = b"quorate-mvcc";
 
-type RevKey = (i64, i64);
-const HISTORY: TableDefinition<RevKey, &[u8]> = TableDefinition::new("history");
-const KEY_REVISIONS: TableDefinition<(&[u8], i64, i64), u8> = TableDefinition::new("key_revisions");
-const LATEST: TableDefinition<&[u8], RevKey> = TableDefinition::new("latest");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) type RevKey = (i64, i64);
+pub(crate) const HISTORY: TableDefinition<RevKey, &[u8]> = TableDefinition::new("history");
+pub(crate) const KEY_REVISIONS: TableDefinition<(&[u8], i64, i64), u8> =
+    TableDefinition::new("key_revisions");
+pub(crate) const LATEST: TableDefinition<&[u8], RevKey> = TableDefinition::new("latest");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-const META_MAGIC: &str = "magic";
-const META_FORMAT: &str = "format_version";
-const META_REVISION: &str = "revision";
-const META_COMPACT_REVISION: &str = "compact_revision";
+pub(crate) const META_MAGIC: &str = "magic";
+pub(crate) const META_FORMAT: &str = "format_version";
+pub(crate) const META_REVISION: &str = "revision";
+pub(crate) const META_COMPACT_REVISION: &str = "compact_revision";
 /// Physical compaction progress: history below this `(main, sub)` is done.
-const META_COMPACT_CURSOR: &str = "compact_cursor";
-const META_APPLIED: &str = "applied_index";
+pub(crate) const META_COMPACT_CURSOR: &str = "compact_cursor";
+pub(crate) const META_APPLIED: &str = "applied_index";
 /// Prefix for metadata owned by layers above (cluster identity, ...).
 const META_EXTERNAL_PREFIX: &str = "ext/";
 
@@ -88,8 +89,8 @@ pub struct RangeResult {
 }
 
 pub struct Store {
-    db: Database,
-    path: PathBuf,
+    pub(crate) db: Database,
+    pub(crate) path: PathBuf,
 }
 
 impl Store {
@@ -491,10 +492,10 @@ fn check_revision(rev: i64, current: i64, compacted: i64) -> Result<(), MvccErro
 
 /// A read-only snapshot of the store.
 pub struct ReadTxn {
-    history: ReadOnlyTable<RevKey, &'static [u8]>,
+    pub(crate) history: ReadOnlyTable<RevKey, &'static [u8]>,
     key_revisions: ReadOnlyTable<(&'static [u8], i64, i64), u8>,
-    latest: ReadOnlyTable<&'static [u8], RevKey>,
-    meta: ReadOnlyTable<&'static str, &'static [u8]>,
+    pub(crate) latest: ReadOnlyTable<&'static [u8], RevKey>,
+    pub(crate) meta: ReadOnlyTable<&'static str, &'static [u8]>,
     revision: i64,
     compact_revision: i64,
 }

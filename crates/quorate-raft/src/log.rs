@@ -23,6 +23,9 @@ const CONF_STATE: &str = "conf_state";
 const SNAPSHOT_META: &str = "snapshot_meta";
 const FORMAT: &str = "format_version";
 const FORMAT_VERSION: &[u8] = b"quorate-raft-log/1";
+/// Log position of a founding member's initial configuration.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+const BOOTSTRAP_TERM: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -137,14 +140,24 @@ impl DurableLog {
     }
 
     /// Bootstraps a new cluster: every founding member starts from the same
-    /// configuration at index 0, so they all agree without a leader.
+    /// configuration, recorded as a snapshot at index 1, so they agree
+    /// without a leader. A member that joins later has an empty log and must
+    /// receive a snapshot, which carries the configuration (an empty log at
+    /// index 0 could otherwise accept entries without it).
     pub fn bootstrap(&mut self, voters: &[u64]) -> Result<(), LogError> {
         let cs = ConfState {
             voters: voters.to_vec(),
             ..Default::default()
         };
-        self.set_conf_state(&cs)?;
-        Ok(())
+        let mut snap = Snapshot::default();
+        snap.set_metadata(snapshot_metadata(BOOTSTRAP_INDEX, BOOTSTRAP_TERM, cs));
+        self.apply_snapshot(&snap)?;
+        let hs = HardState {
+            term: BOOTSTRAP_TERM,
+            commit: BOOTSTRAP_INDEX,
+            ..Default::default()
+        };
+        self.persist(&[], Some(&hs))
     }
 
     /// Appends entries and records the hard state, durably, in one fsync.
@@ -372,7 +385,7 @@ mod tests {
                 commit: 2,
                 ..Default::default()
             };
-            log.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], Some(&hs))
+            log.persist(&[entry(2, 1), entry(3, 1)], Some(&hs))
                 .expect("persist");
             // A new leader overwrites index 3.
             log.persist(&[entry(3, 2)], None).expect("persist");
@@ -391,7 +404,7 @@ mod tests {
         {
             let mut log = DurableLog::open(&path).expect("open");
             log.bootstrap(&[1]).expect("bootstrap");
-            let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+            let ents: Vec<Entry> = (2..=10).map(|i| entry(i, 1)).collect();
             log.persist(&ents, None).expect("persist");
             log.compact(6).expect("compact");
             assert_eq!(log.first_index(), 6);

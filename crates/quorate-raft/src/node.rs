@@ -212,6 +212,15 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
         self.raw.raft.state
     }
 
+    /// Whether a ReadIndex request issued now can be answered: raft-rs drops
+    /// it on a leader that has not yet committed an entry of its own term.
+    pub fn can_serve_read_index(&self) -> bool {
+        if self.raw.raft.leader_id == 0 {
+            return false;
+        }
+        self.raw.raft.state != StateRole::Leader || self.raw.raft.commit_to_current_term()
+    }
+
     pub fn commit_index(&self) -> u64 {
         self.raw.raft.raft_log.committed
     }
@@ -234,6 +243,10 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
 
     pub fn transport_mut(&mut self) -> &mut T {
         &mut self.transport
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
     }
 
     /// Handles one Ready, if there is one. Returns whether it did anything.

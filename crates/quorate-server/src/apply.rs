@@ -150,6 +150,12 @@ pub fn apply_write(w: &mut WriteTxn, req: &Request) -> Result<WriteResponse, Api
         Request::DeleteRange(d) => WriteResponse::DeleteRange(delete_range(w, d)?),
         Request::Txn(t) => WriteResponse::Txn(txn(w, t)?),
         Request::Compaction(c) => WriteResponse::Compaction(compaction(w, c)?),
+        // Membership entries are applied by the replica, not here.
+        Request::MemberAttributes(_) => {
+            return Err(ApiError::Internal(
+                "membership entry in the KV apply path".into(),
+            ))
+        }
     };
     let revision = w.finish_revision()?;
     Ok(with_revision(resp, revision))
@@ -392,6 +398,20 @@ pub fn txn_is_read_only(t: &TxnRequest) -> bool {
         .all(|op| match &op.request {
             Some(request_op::Request::RequestRange(_)) | None => true,
             Some(request_op::Request::RequestTxn(n)) => txn_is_read_only(n),
+            _ => false,
+        })
+}
+
+/// A read-only txn whose every range asks for a serializable read may be
+/// served from local state, as etcd does.
+pub fn txn_is_serializable(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => r.serializable,
+            Some(request_op::Request::RequestTxn(n)) => txn_is_serializable(n),
+            None => true,
             _ => false,
         })
 }

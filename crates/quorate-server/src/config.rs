@@ -6,6 +6,15 @@ use std::path::PathBuf;
 /// gRPC framing allowance on top of `--max-request-bytes` (etcd uses the same).
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// `--initial-cluster-state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Found a new cluster with the members of `--initial-cluster`.
+    New,
+    /// Join a running cluster that already lists this member.
+    Existing,
+}
+
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub name: String,
@@ -15,6 +24,14 @@ pub struct ServerConfig {
     /// Peer URLs this member is known by; they determine its member ID.
     pub initial_advertise_peer_urls: Vec<String>,
     pub initial_cluster_token: String,
+    pub listen_peer_urls: Vec<String>,
+    /// `name=peer-url,...`; defaults to this member alone.
+    pub initial_cluster: Option<String>,
+    pub initial_cluster_state: ClusterState,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    /// Applied entries between Raft log compactions.
+    pub snapshot_count: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
@@ -31,6 +48,12 @@ impl ServerConfig {
             advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
             initial_advertise_peer_urls: vec!["http://localhost:2380".into()],
             initial_cluster_token: "etcd-cluster".into(),
+            listen_peer_urls: vec!["http://localhost:2380".into()],
+            initial_cluster: None,
+            initial_cluster_state: ClusterState::New,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_count: 10_000,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,

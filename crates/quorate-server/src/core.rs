@@ -1,32 +1,37 @@
-//! State shared by the gRPC services of one member: the store, the write
-//! pipeline, the member's identity and its limits.
+//! State shared by the gRPC services of one member: the store, the way into
+//! the Raft thread, Raft's published view, the membership and the limits.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use quorate_mvcc::Store;
-use quorate_proto::etcdserverpb::ResponseHeader;
+use quorate_proto::etcdserverpb::{Member, ResponseHeader};
+use quorate_proto::quoratepb::internal_request::Request;
+use quorate_proto::quoratepb::MembershipState;
+use quorate_raft::eraftpb::ConfChangeV2;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::apply::WriteResponse;
 use crate::config::ServerConfig;
+use crate::error::ApiError;
 use crate::identity::{ClusterId, MemberId};
-use crate::pipeline::WritePipeline;
+use crate::raft_loop::Command;
+use crate::replica::{Applied, RaftView, StoreHandle};
 
 /// The etcd API level Quorate implements; reported as the server version so
 /// etcd clients enable the features they know from that version.
 pub const ETCD_API_VERSION: &str = "3.5.0";
 
-/// Raft term until replication lands: a single member is leader of term 1.
-pub const SINGLE_NODE_TERM: u64 = 1;
-
 pub struct Core {
-    pub store: Arc<Store>,
-    pub pipeline: WritePipeline,
+    pub store: StoreHandle,
+    pub raft_tx: mpsc::Sender<Command>,
+    pub view: Arc<RaftView>,
+    pub applied_rx: watch::Receiver<u64>,
+    pub membership: Arc<RwLock<MembershipState>>,
     pub member_id: MemberId,
     pub cluster_id: ClusterId,
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
     pub config: ServerConfig,
+    pub request_timeout: Duration,
 }
 
 impl Core {
@@ -35,22 +40,139 @@ impl Core {
             cluster_id: self.cluster_id.0,
             member_id: self.member_id.0,
             revision,
-            raft_term: SINGLE_NODE_TERM,
+            raft_term: self.view.term.load(Ordering::Relaxed),
         })
     }
 
     pub fn applied_index(&self) -> u64 {
-        self.pipeline.stats.applied_index.load(Ordering::Relaxed)
+        *self.applied_rx.borrow()
     }
 
-    pub fn db_size(&self) -> u64 {
-        self.pipeline.stats.db_size_bytes.load(Ordering::Relaxed)
+    pub fn leader(&self) -> u64 {
+        self.view.leader.load(Ordering::Relaxed)
     }
 
-    pub fn db_size_in_use(&self) -> u64 {
-        self.pipeline
-            .stats
-            .db_size_in_use_bytes
-            .load(Ordering::Relaxed)
+    pub fn membership(&self) -> MembershipState {
+        match self.membership.read() {
+            Ok(m) => m.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn me(&self) -> Option<Member> {
+        crate::membership::find(&self.membership(), self.member_id.0).cloned()
+    }
+
+    pub fn is_learner(&self) -> bool {
+        self.me().is_some_and(|m| m.is_learner)
+    }
+
+    /// Learners replicate but serve only serializable reads, as in etcd.
+    pub fn refuse_on_learner(&self) -> Result<(), ApiError> {
+        if self.is_learner() {
+            return Err(ApiError::NotSupportedForLearner);
+        }
+        Ok(())
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), ApiError> {
+        self.raft_tx.send(cmd).await.map_err(|_| ApiError::Stopped)
+    }
+
+    /// Replicates a write and waits until it is applied here.
+    pub async fn propose(&self, request: Request) -> Result<WriteResponse, ApiError> {
+        self.refuse_on_learner()?;
+        let (respond, rx) = oneshot::channel();
+        self.send(Command::Propose { request, respond }).await?;
+        match rx.await.map_err(|_| ApiError::Stopped)? {
+            Applied::Write(r) => r,
+            Applied::Membership(_) => Err(ApiError::Internal("unexpected membership reply".into())),
+        }
+    }
+
+    /// Replicates a membership update carried in a normal entry.
+    pub async fn propose_membership(&self, request: Request) -> Result<MembershipState, ApiError> {
+        let (respond, rx) = oneshot::channel();
+        self.send(Command::Propose { request, respond }).await?;
+        match rx.await.map_err(|_| ApiError::Stopped)? {
+            Applied::Membership(r) => r,
+            Applied::Write(Err(e)) => Err(e),
+            Applied::Write(Ok(_)) => Err(ApiError::Internal("unexpected write reply".into())),
+        }
+    }
+
+    pub async fn propose_conf_change(
+        &self,
+        cc: ConfChangeV2,
+        request_id: u64,
+    ) -> Result<MembershipState, ApiError> {
+        let (respond, rx) = oneshot::channel();
+        self.send(Command::ConfChange {
+            cc,
+            request_id,
+            respond,
+        })
+        .await?;
+        match rx.await.map_err(|_| ApiError::Stopped)? {
+            Applied::Membership(r) => r,
+            Applied::Write(Err(e)) => Err(e),
+            Applied::Write(Ok(_)) => Err(ApiError::Internal("unexpected write reply".into())),
+        }
+    }
+
+    /// Waits until this member has applied everything committed when the
+    /// read arrived (ReadIndex): a read served afterwards is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        self.refuse_on_learner()?;
+        let (respond, rx) = oneshot::channel();
+        self.send(Command::ReadIndex { respond }).await?;
+        let index = rx.await.map_err(|_| ApiError::Stopped)??;
+        let mut applied = self.applied_rx.clone();
+        let waited = tokio::time::timeout(self.request_timeout, async move {
+            applied.wait_for(|a| *a >= index).await.is_ok()
+        })
+        .await;
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
+        }
+    }
+
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ApiError> {
+        let (respond, rx) = oneshot::channel();
+        self.send(Command::TransferLeader { to, respond }).await?;
+        rx.await.map_err(|_| ApiError::Stopped)?
+    }
+
+    pub async fn learner_progress(&self, id: u64) -> Result<Option<(u64, u64)>, ApiError> {
+        let (respond, rx) = oneshot::channel();
+        self.send(Command::Progress { id, respond }).await?;
+        rx.await.map_err(|_| ApiError::Stopped)
+    }
+
+    pub async fn wait_compacted(&self) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::WaitCompacted(tx)).await?;
+        rx.await.map_err(|_| ApiError::Stopped)
+    }
+
+    /// A fresh request ID for membership changes (unique per member).
+    pub fn next_request_id(&self) -> u64 {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        ((self.member_id.0 & 0xffff) << 48) ^ ((millis & 0xff_ffff) << 24) ^ (n | 1 << 47)
+    }
+
+    /// Client URLs of the current leader, for requests only it can serve.
+    pub fn leader_client_urls(&self) -> Vec<String> {
+        let leader = self.leader();
+        crate::membership::find(&self.membership(), leader)
+            .map(|m| m.client_ur_ls.clone())
+            .unwrap_or_default()
     }
 }

@@ -30,6 +30,30 @@ pub enum ApiError {
     Timeout,
     #[error("etcdserver: server stopped")]
     Stopped,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: ID removed")]
+    IdRemoved,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     /// A request field has a value etcd's API does not define.
     #[error("{0}")]
     InvalidArgument(String),
@@ -52,7 +76,19 @@ impl ApiError {
             ApiError::Compacted | ApiError::FutureRevision => Code::OutOfRange,
             ApiError::NoSpace => Code::ResourceExhausted,
             ApiError::LeaseNotFound => Code::NotFound,
-            ApiError::Timeout | ApiError::Stopped => Code::Unavailable,
+            ApiError::Timeout
+            | ApiError::Stopped
+            | ApiError::NoLeader
+            | ApiError::LeaderChanged
+            | ApiError::Unhealthy
+            | ApiError::NotSupportedForLearner => Code::Unavailable,
+            ApiError::NotLeader
+            | ApiError::PeerUrlExists
+            | ApiError::MemberNotLearner
+            | ApiError::LearnerNotReady
+            | ApiError::TooManyLearners
+            | ApiError::NotEnoughStartedMembers => Code::FailedPrecondition,
+            ApiError::MemberNotFound | ApiError::IdRemoved => Code::NotFound,
             ApiError::Internal(_) => Code::Internal,
         }
     }

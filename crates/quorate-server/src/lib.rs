@@ -3,9 +3,12 @@
 //! - `api`: etcd v3 gRPC services; translate and validate only.
 //! - `validate`: stateless request checks (etcd's gRPC-layer checks).
 //! - `apply`: the single, deterministic place that decides what a write does.
-//! - `pipeline`: sequencing, group commit and acknowledgement of writes.
+//! - `raft_loop`: the Raft thread; the only code that touches the Raft node.
+//! - `replica`: the replicated state machine (applies committed entries).
+//! - `peer`: Raft traffic between members (streams, snapshots).
+//! - `membership`: the member list the state machine keeps.
 //! - `identity`: member and cluster IDs, derived as etcd derives them.
-//! - `run`: member lifecycle (data dir, listeners, shutdown).
+//! - `run`: member lifecycle (data dir, bootstrap, listeners, shutdown).
 
 mod api;
 mod apply;
@@ -13,9 +16,12 @@ pub mod config;
 mod core;
 pub mod error;
 pub mod identity;
-mod pipeline;
+pub mod membership;
+mod peer;
+mod raft_loop;
+mod replica;
 mod run;
 mod validate;
 
-pub use config::ServerConfig;
+pub use config::{ClusterState, ServerConfig};
 pub use run::run;

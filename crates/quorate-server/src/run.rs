@@ -1,73 +1,183 @@
-//! Member lifecycle: open the data dir, bind the client listeners, serve
-//! until shutdown, then drain in-flight requests and stop the pipeline.
+//! Member lifecycle: open or bootstrap the data dir, bind client and peer
+//! listeners, run the Raft thread, serve until shutdown (or until the member
+//! must exit), then drain in-flight requests and stop.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use quorate_mvcc::{Store, StoreOptions};
+use anyhow::{anyhow, bail, Context};
+use quorate_mvcc::{AppliedIndex, Store, StoreOptions};
 use quorate_proto::etcdserverpb::cluster_server::ClusterServer;
 use quorate_proto::etcdserverpb::kv_server::KvServer;
 use quorate_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use quorate_proto::quoratepb::raft_peer_server::RaftPeerServer;
+use quorate_proto::quoratepb::MembershipState;
+use quorate_raft::{discard_logger, DurableLog, Node, NodeConfig};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::api::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService};
-use crate::config::{ServerConfig, GRPC_OVERHEAD_BYTES};
+use crate::config::{ClusterState, ServerConfig, GRPC_OVERHEAD_BYTES};
 use crate::core::Core;
-use crate::identity::{self, ClusterId, MemberId};
-use crate::pipeline::WritePipeline;
+use crate::identity::{ClusterId, MemberId};
+use crate::membership::{self, META_CLUSTER_ID, META_MEMBERSHIP, META_MEMBER_ID};
+use crate::peer::{self, PeerContext, PeerService, PeerTransport, PEER_MAX_MESSAGE_BYTES};
+use crate::raft_loop::{self, Command, LoopTiming, RaftLoop, COMMAND_QUEUE_LEN};
+use crate::replica::{Replica, StoreHandle};
 
 /// The directory inside the data dir that holds this member's state.
 const MEMBER_DIR: &str = "member";
 const STORE_FILE: &str = "store.redb";
+const RAFT_FILE: &str = "raft.redb";
+const SNAP_DIR: &str = "snap";
 /// How long shutdown waits for in-flight client requests.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-const META_MEMBER_ID: &str = "member_id";
-const META_CLUSTER_ID: &str = "cluster_id";
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Raft log entries kept after a compaction for slow followers (etcd: 5000).
+const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
 
-/// Runs a member until `shutdown` resolves.
+struct DataDir {
+    store: PathBuf,
+    raft: PathBuf,
+    snap: PathBuf,
+}
+
+/// Runs a member until `shutdown` resolves, or until it must stop (removed
+/// from the cluster, storage failure), which is returned as an error.
 pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let store_path = prepare_data_dir(&cfg.data_dir)?;
-    let store = Store::open(
-        &store_path,
-        &StoreOptions {
-            cache_size_bytes: cfg.backend_cache_bytes,
-        },
-    )
-    .with_context(|| format!("cannot open data dir {}", cfg.data_dir.display()))?;
-    let store = Arc::new(store);
-    let (member_id, cluster_id) = load_or_create_identity(&store, &cfg)?;
-
-    let mut listeners = Vec::new();
-    for url in &cfg.listen_client_urls {
-        let addr = parse_http_url(url)?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {url}"))?;
-        let bound = listener.local_addr()?;
-        listeners.push((listener, bound));
+    tokio::pin!(shutdown);
+    let dirs = prepare_data_dir(&cfg.data_dir)?;
+    let store_options = StoreOptions {
+        cache_size_bytes: cfg.backend_cache_bytes,
+    };
+    let store = Store::open(&dirs.store, &store_options)
+        .with_context(|| format!("cannot open data dir {}", cfg.data_dir.display()))?;
+    let mut log = DurableLog::open(&dirs.raft)
+        .with_context(|| format!("cannot open data dir {}", cfg.data_dir.display()))?;
+    let (member_id, cluster_id, membership) = match load_identity(&store)? {
+        Some(found) => {
+            info!("restarting member from its data dir; bootstrap flags are ignored");
+            found
+        }
+        None => bootstrap(&cfg, &store, &mut log).await?,
+    };
+    if membership.removed.contains(&member_id.0) {
+        bail!("{}", peer::REMOVED_MESSAGE);
     }
-    let first_port = listeners.first().map(|(_, a)| a.port()).unwrap_or(0);
+
+    let mut client_listeners = Vec::new();
+    for url in &cfg.listen_client_urls {
+        client_listeners.push(bind(url, 2379).await?);
+    }
+    let mut peer_listeners = Vec::new();
+    for url in &cfg.listen_peer_urls {
+        peer_listeners.push(bind(url, 2380).await?);
+    }
+    let first_port = client_listeners.first().map(|(_, a)| a.port()).unwrap_or(0);
     let client_urls: Vec<String> = cfg
         .advertise_client_urls
         .iter()
         .map(|u| replace_port_zero(u, first_port))
         .collect();
 
-    let (pipeline, apply_thread) = WritePipeline::start(store.clone())?;
+    let store = StoreHandle::new(store);
+    let replica = Replica::new(
+        store.clone(),
+        dirs.store.clone(),
+        store_options.clone(),
+        membership,
+        member_id.0,
+    )?;
+    let view = replica.view.clone();
+    let membership = replica.membership.clone();
+    let applied_rx = replica.applied_tx.subscribe();
+    let (raft_tx, raft_rx) = mpsc::channel(COMMAND_QUEUE_LEN);
+    let (fatal_tx, mut fatal_rx) = watch::channel::<Option<String>>(None);
+    let peer_ctx = PeerContext {
+        cluster_id: cluster_id.0,
+        member_id: member_id.0,
+        membership: membership.clone(),
+        loop_tx: raft_tx.clone(),
+        store: store.clone(),
+        store_options,
+        snap_dir: dirs.snap.clone(),
+        fatal_tx: fatal_tx.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let heartbeat = cfg.heartbeat_interval_ms.max(1);
+    let mut node_cfg = NodeConfig::new(member_id.0);
+    node_cfg.heartbeat_tick = 1;
+    node_cfg.election_tick = (cfg.election_timeout_ms / heartbeat).max(2) as usize;
+    node_cfg.snapshot_count = cfg.snapshot_count.max(1);
+    node_cfg.snapshot_catchup_entries = SNAPSHOT_CATCHUP_ENTRIES.min(cfg.snapshot_count / 2);
+    let node = Node::new(
+        node_cfg,
+        log,
+        replica,
+        PeerTransport::new(peer_ctx.clone()),
+        &discard_logger(),
+    )
+    .context("cannot start raft")?;
+    let request_timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout_ms);
+    let timing = LoopTiming {
+        tick: Duration::from_millis(heartbeat),
+        request_timeout,
+    };
+    let raft_loop = RaftLoop::new(node, raft_rx, timing, cfg.name.clone(), client_urls.clone());
+    let loop_fatal = fatal_tx.clone();
+    let loop_thread = std::thread::Builder::new()
+        .name("quorate-raft".into())
+        .spawn(move || {
+            if let Err(e) = raft_loop.run() {
+                let _ = loop_fatal.send(Some(e));
+            }
+        })
+        .context("cannot start the raft thread")?;
+    raft_loop::start_ticker(raft_tx.clone(), timing.tick);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Requests between the limit and twice it get etcd's exact error from
+    // the KV service; tonic refuses anything larger before decoding.
+    let max_msg = 2 * (cfg.max_request_bytes + GRPC_OVERHEAD_BYTES);
+    let mut servers = Vec::new();
+    for (listener, bound) in peer_listeners {
+        let svc = RaftPeerServer::new(PeerService::new(peer_ctx.clone()))
+            .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
+        let mut stop = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        info!("listening for peers on http://{bound}");
+        servers.push(tokio::spawn(server));
+    }
+    // Like etcd, serve clients only once this member's name and client URLs
+    // are published through Raft (which needs a quorum).
+    let published = wait_published(&membership, member_id.0, &cfg.name, &client_urls);
+    let mut fatal_early = fatal_rx.clone();
+    let mut stopped_early = false;
+    tokio::select! {
+        _ = published => info!("published local member to the cluster through raft"),
+        _ = fatal_early.wait_for(|f| f.is_some()) => {}
+        _ = &mut shutdown => stopped_early = true,
+    }
+
     let core = Arc::new(Core {
         store,
-        pipeline,
+        raft_tx: raft_tx.clone(),
+        view,
+        applied_rx,
+        membership,
         member_id,
         cluster_id,
-        name: cfg.name.clone(),
-        peer_urls: cfg.initial_advertise_peer_urls.clone(),
-        client_urls,
         config: cfg.clone(),
+        request_timeout,
     });
     info!(
         name = %cfg.name,
@@ -77,12 +187,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         "starting member"
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Requests between the limit and twice it get etcd's exact error from
-    // the KV service; tonic refuses anything larger before decoding.
-    let max_msg = 2 * (cfg.max_request_bytes + GRPC_OVERHEAD_BYTES);
-    let mut servers = Vec::new();
-    for (listener, bound) in listeners {
+    for (listener, bound) in client_listeners {
         let kv = KvServer::new(KvService::new(core.clone())).max_decoding_message_size(max_msg);
         let maintenance = MaintenanceServer::new(MaintenanceService::new(core.clone()))
             .max_decoding_message_size(max_msg);
@@ -99,110 +204,259 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         info!("serving client requests on http://{bound}");
         servers.push(tokio::spawn(server));
     }
-    let pipeline = core.pipeline.clone();
     drop(core);
 
-    shutdown.await;
+    let fatal = tokio::select! {
+        _ = &mut shutdown, if !stopped_early => None,
+        _ = std::future::ready(()), if stopped_early => None,
+        changed = fatal_rx.wait_for(|f| f.is_some()) => {
+            changed.ok().and_then(|f| f.clone())
+        }
+    };
+    if let Some(reason) = &fatal {
+        tracing::error!("{reason}");
+    }
     info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
-    // In-flight requests finish; idle client connections are not waited for
-    // beyond the drain timeout.
     let drain = futures::future::join_all(servers.iter_mut());
     match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
         Ok(results) => {
             for r in results {
                 match r {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!(error = %e, "client listener stopped with an error"),
-                    Err(e) => warn!(error = %e, "client listener task failed"),
+                    Ok(Err(e)) => warn!(error = %e, "listener stopped with an error"),
+                    Err(e) => warn!(error = %e, "listener task failed"),
                 }
             }
         }
         Err(_) => {
-            warn!("client connections still open after {DRAIN_TIMEOUT:?}; closing them");
+            warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+            // Some handles were already polled to completion above; abort
+            // the rest without awaiting them again.
             for s in &servers {
                 s.abort();
             }
-            for s in servers {
-                let _ = s.await;
-            }
         }
     }
-    pipeline.stop().await;
-    tokio::task::spawn_blocking(move || apply_thread.join())
+    let _ = raft_tx.send(Command::Stop).await;
+    tokio::task::spawn_blocking(move || loop_thread.join())
         .await
         .ok();
     info!("stopped");
-    Ok(())
+    match fatal {
+        Some(reason) => Err(anyhow!(reason)),
+        None => Ok(()),
+    }
+}
+
+async fn wait_published(
+    membership: &std::sync::RwLock<MembershipState>,
+    member_id: u64,
+    name: &str,
+    client_urls: &[String],
+) {
+    loop {
+        let done = {
+            let m = match membership.read() {
+                Ok(m) => m.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            membership::find(&m, member_id)
+                .is_some_and(|me| me.name == name && me.client_ur_ls == client_urls)
+        };
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Creates the data dir if needed and refuses one that holds something else.
-fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<DataDir> {
     let member_dir = data_dir.join(MEMBER_DIR);
-    let store_path = member_dir.join(STORE_FILE);
+    let dirs = DataDir {
+        store: member_dir.join(STORE_FILE),
+        raft: member_dir.join(RAFT_FILE),
+        snap: member_dir.join(SNAP_DIR),
+    };
     if data_dir.exists() {
         if !data_dir.is_dir() {
             bail!("data dir {} is not a directory", data_dir.display());
         }
         let non_empty = std::fs::read_dir(data_dir)?.next().is_some();
-        if non_empty && !store_path.exists() {
+        if non_empty && !dirs.store.exists() {
             bail!(
                 "data dir {} is not empty and holds no Quorate member data ({} missing); \
                  refusing to use it",
                 data_dir.display(),
-                store_path.display()
+                dirs.store.display()
+            );
+        }
+        if dirs.store.exists() && !dirs.raft.exists() {
+            bail!(
+                "data dir {} has a store but no raft log ({} missing); refusing to start",
+                data_dir.display(),
+                dirs.raft.display()
             );
         }
     }
-    std::fs::create_dir_all(&member_dir)
-        .with_context(|| format!("cannot create {}", member_dir.display()))?;
-    Ok(store_path)
+    std::fs::create_dir_all(&dirs.snap)
+        .with_context(|| format!("cannot create {}", dirs.snap.display()))?;
+    Ok(dirs)
 }
 
-/// IDs are derived at first boot and kept: a restart ignores bootstrap flags.
-fn load_or_create_identity(
-    store: &Store,
+fn read_u64(store: &Store, name: &str) -> anyhow::Result<Option<u64>> {
+    match store.get_external_meta(name)? {
+        None => Ok(None),
+        Some(b) => {
+            let arr: [u8; 8] = b
+                .as_slice()
+                .try_into()
+                .map_err(|_| anyhow!("stored {name} is corrupt"))?;
+            Ok(Some(u64::from_be_bytes(arr)))
+        }
+    }
+}
+
+/// The identity and membership a previous run stored, if any.
+fn load_identity(store: &Store) -> anyhow::Result<Option<(MemberId, ClusterId, MembershipState)>> {
+    let (Some(m), Some(c)) = (
+        read_u64(store, META_MEMBER_ID)?,
+        read_u64(store, META_CLUSTER_ID)?,
+    ) else {
+        return Ok(None);
+    };
+    let membership = match store.get_external_meta(META_MEMBERSHIP)? {
+        Some(b) => membership::decode(&b).map_err(|e| anyhow!(e))?,
+        None => MembershipState::default(),
+    };
+    Ok(Some((MemberId(m), ClusterId(c), membership)))
+}
+
+/// First start on an empty data dir: found a new cluster, or join one.
+async fn bootstrap(
     cfg: &ServerConfig,
-) -> anyhow::Result<(MemberId, ClusterId)> {
-    let read_u64 = |name: &str| -> anyhow::Result<Option<u64>> {
-        match store.get_external_meta(name)? {
-            None => Ok(None),
-            Some(b) => {
-                let arr: [u8; 8] = b
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| anyhow::anyhow!("stored {name} is corrupt"))?;
-                Ok(Some(u64::from_be_bytes(arr)))
+    store: &Store,
+    log: &mut DurableLog,
+) -> anyhow::Result<(MemberId, ClusterId, MembershipState)> {
+    let spec = cfg.initial_cluster.clone().unwrap_or_else(|| {
+        cfg.initial_advertise_peer_urls
+            .iter()
+            .map(|u| format!("{}={u}", cfg.name))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let initial = membership::parse_initial_cluster(&spec).map_err(|e| anyhow!(e))?;
+    let mut own_urls = cfg.initial_advertise_peer_urls.clone();
+    own_urls.sort();
+    match initial.get(&cfg.name) {
+        None => bail!(
+            "couldn't find local name {:?} in the initial cluster configuration ({spec})",
+            cfg.name
+        ),
+        Some(urls) => {
+            let mut urls = urls.clone();
+            urls.sort();
+            if urls != own_urls {
+                bail!(
+                    "--initial-cluster has {}={} but --initial-advertise-peer-urls is {}",
+                    cfg.name,
+                    urls.join(","),
+                    own_urls.join(",")
+                );
             }
         }
-    };
-    if let (Some(m), Some(c)) = (read_u64(META_MEMBER_ID)?, read_u64(META_CLUSTER_ID)?) {
-        return Ok((MemberId(m), ClusterId(c)));
     }
-    let member = identity::member_id(
-        &cfg.initial_advertise_peer_urls,
-        &cfg.initial_cluster_token,
-        None,
-    );
-    let cluster = identity::cluster_id(&[member]);
+    let (member_id, cluster_id, state, applied) = match cfg.initial_cluster_state {
+        ClusterState::New => {
+            let (state, cluster_id) =
+                membership::bootstrap_membership(&initial, &cfg.initial_cluster_token);
+            let me = state
+                .members
+                .iter()
+                .find(|m| m.name == cfg.name)
+                .map(|m| MemberId(m.id))
+                .ok_or_else(|| anyhow!("local member missing from the initial cluster"))?;
+            if log.is_empty() {
+                log.bootstrap(&membership::voters(&state))?;
+            }
+            let applied = AppliedIndex {
+                index: quorate_raft::log::BOOTSTRAP_INDEX,
+                term: 1,
+            };
+            info!(
+                members = state.members.len(),
+                cluster_id = %cluster_id,
+                "bootstrapping a new cluster"
+            );
+            (me, cluster_id, state, applied)
+        }
+        ClusterState::Existing => {
+            let peers: Vec<String> = initial
+                .iter()
+                .filter(|(name, _)| **name != cfg.name)
+                .flat_map(|(_, urls)| urls.iter().cloned())
+                .collect();
+            let resp = peer::fetch_membership(&peers).await.map_err(|e| {
+                anyhow!("cannot fetch the membership from the cluster's peers: {e}")
+            })?;
+            let state = resp.membership.unwrap_or_default();
+            let me = state
+                .members
+                .iter()
+                .find(|m| {
+                    let mut u = m.peer_ur_ls.clone();
+                    u.sort();
+                    u == own_urls
+                })
+                .map(|m| MemberId(m.id))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "no member with peer URLs {} in the running cluster; \
+                         add it first (etcdctl member add {} --peer-urls={})",
+                        own_urls.join(","),
+                        cfg.name,
+                        own_urls.join(",")
+                    )
+                })?;
+            info!(member_id = %me, "joining an existing cluster");
+            (
+                me,
+                ClusterId(resp.cluster_id),
+                state,
+                AppliedIndex::default(),
+            )
+        }
+    };
     let mut w = store.write()?;
-    w.set_external_meta(META_MEMBER_ID, &member.0.to_be_bytes())?;
-    w.set_external_meta(META_CLUSTER_ID, &cluster.0.to_be_bytes())?;
+    w.set_external_meta(META_MEMBERSHIP, &membership::encode(&state))?;
+    if applied.index > 0 {
+        w.set_applied(applied)?;
+    }
+    w.set_external_meta(META_CLUSTER_ID, &cluster_id.0.to_be_bytes())?;
+    w.set_external_meta(META_MEMBER_ID, &member_id.0.to_be_bytes())?;
     w.commit(true)?;
-    Ok((member, cluster))
+    Ok((member_id, cluster_id, state))
 }
 
-fn parse_http_url(url: &str) -> anyhow::Result<SocketAddr> {
+async fn bind(url: &str, default_port: u16) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let addr = parse_http_url(url, default_port)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {url}"))?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}
+
+fn parse_http_url(url: &str, default_port: u16) -> anyhow::Result<SocketAddr> {
     let u = url::Url::parse(url).with_context(|| format!("invalid URL {url}"))?;
     match u.scheme() {
         "http" => {}
         "https" => bail!("{url}: TLS is not supported yet; use http://"),
         s => bail!("{url}: unsupported scheme {s} (expected http)"),
     }
-    let host = u
-        .host_str()
-        .ok_or_else(|| anyhow::anyhow!("{url}: no host"))?;
-    let port = u.port().unwrap_or(2379);
+    let host = u.host_str().ok_or_else(|| anyhow!("{url}: no host"))?;
+    let port = u.port().unwrap_or(default_port);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = if host == "localhost" {
         "127.0.0.1"

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Parser;
-use quorate_server::ServerConfig;
+use quorate_server::{ClusterState, ServerConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,6 +58,35 @@ struct Flags {
     )]
     initial_cluster_token: String,
 
+    /// URLs to listen on for peer traffic (comma-separated).
+    #[arg(
+        long,
+        env = "QUORATE_LISTEN_PEER_URLS",
+        value_delimiter = ',',
+        default_value = "http://localhost:2380"
+    )]
+    listen_peer_urls: Vec<String>,
+
+    /// Initial cluster configuration for bootstrapping: name=peer-url,... (default: this member alone).
+    #[arg(long, env = "QUORATE_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+
+    /// Initial cluster state: new (found a cluster) or existing (join a running one).
+    #[arg(long, env = "QUORATE_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    initial_cluster_state: String,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "QUORATE_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "QUORATE_ELECTION_TIMEOUT", default_value_t = 1000)]
+    election_timeout: u64,
+
+    /// Number of committed transactions between Raft log compactions.
+    #[arg(long, env = "QUORATE_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    snapshot_count: u64,
+
     /// Largest client write request accepted, in bytes.
     #[arg(long, env = "QUORATE_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     max_request_bytes: usize,
@@ -89,6 +118,16 @@ impl Flags {
         cfg.advertise_client_urls = self.advertise_client_urls;
         cfg.initial_advertise_peer_urls = self.initial_advertise_peer_urls;
         cfg.initial_cluster_token = self.initial_cluster_token;
+        cfg.listen_peer_urls = self.listen_peer_urls;
+        cfg.initial_cluster = self.initial_cluster;
+        cfg.initial_cluster_state = if self.initial_cluster_state == "existing" {
+            ClusterState::Existing
+        } else {
+            ClusterState::New
+        };
+        cfg.heartbeat_interval_ms = self.heartbeat_interval;
+        cfg.election_timeout_ms = self.election_timeout;
+        cfg.snapshot_count = self.snapshot_count;
         cfg.max_request_bytes = self.max_request_bytes;
         cfg.max_txn_ops = self.max_txn_ops;
         cfg.quota_backend_bytes = self.quota_backend_bytes;
@@ -124,6 +163,13 @@ async fn shutdown_signal() {
 
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
+    if flags.heartbeat_interval == 0 || flags.election_timeout < 5 * flags.heartbeat_interval {
+        eprintln!(
+            "quorate: --election-timeout[{}ms] should be at least 5 times as large as --heartbeat-interval[{}ms]",
+            flags.election_timeout, flags.heartbeat_interval
+        );
+        return std::process::ExitCode::FAILURE;
+    }
     init_logging(&flags.log_level);
     let cfg = flags.into_config();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

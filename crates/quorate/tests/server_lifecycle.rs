@@ -16,6 +16,7 @@ fn start_expecting_failure(data_dir: &Path) -> Output {
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen-client-urls", "http://127.0.0.1:0"])
+        .args(["--listen-peer-urls", "http://127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -81,6 +82,7 @@ async fn flags_are_read_from_quorate_environment_variables() {
         .env("QUORATE_DATA_DIR", &dir)
         .env("QUORATE_LISTEN_CLIENT_URLS", "http://127.0.0.1:0")
         .env("QUORATE_ADVERTISE_CLIENT_URLS", "http://127.0.0.1:0")
+        .env("QUORATE_LISTEN_PEER_URLS", "http://127.0.0.1:0")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");

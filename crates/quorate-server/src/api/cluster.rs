@@ -1,18 +1,30 @@
-//! etcdserverpb.Cluster: MemberList for the single member. Reconfiguration
-//! arrives with replication.
+//! etcdserverpb.Cluster: the membership, changed through Raft configuration
+//! changes. Promotion needs the leader's view of the learner's progress, so
+//! a follower forwards it to the leader, as etcd does.
 
 use std::sync::Arc;
 
+use quorate_proto::etcdserverpb::cluster_client::ClusterClient;
 use quorate_proto::etcdserverpb::cluster_server::Cluster;
 use quorate_proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
+use quorate_proto::quoratepb::internal_request::Request as Write;
+use quorate_proto::quoratepb::{ConfChangeContext, MemberAttributes};
+use quorate_raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use tonic::{Request, Response, Status};
 
-use super::unimplemented;
 use crate::core::Core;
+use crate::error::ApiError;
+use crate::identity;
+use crate::membership::validate_peer_url;
+
+/// etcd's default: at most one learner at a time.
+pub const MAX_LEARNERS: usize = 1;
+/// A learner may be promoted once it has 90% of the leader's log (etcd).
+const PROMOTE_READY_PERCENT: u64 = 90;
 
 pub struct ClusterService {
     core: Arc<Core>,
@@ -22,52 +34,194 @@ impl ClusterService {
     pub fn new(core: Arc<Core>) -> ClusterService {
         ClusterService { core }
     }
+
+    fn conf_change(
+        &self,
+        id: u64,
+        kind: ConfChangeType,
+        member: Option<Member>,
+    ) -> (ConfChangeV2, u64) {
+        use prost::Message as _;
+        let request_id = self.core.next_request_id();
+        let ctx = ConfChangeContext { request_id, member };
+        let mut single = ConfChangeSingle {
+            node_id: id,
+            ..Default::default()
+        };
+        single.set_change_type(kind);
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        cc.set_context(ctx.encode_to_vec().into());
+        (cc, request_id)
+    }
+
+    async fn forward_promote(&self, id: u64) -> Result<MemberPromoteResponse, Status> {
+        let urls = self.core.leader_client_urls();
+        let url = urls.first().ok_or(ApiError::NoLeader)?;
+        let mut client = ClusterClient::connect(url.clone())
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach the leader at {url}: {e}")))?;
+        Ok(client
+            .member_promote(MemberPromoteRequest { id })
+            .await?
+            .into_inner())
+    }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(unimplemented("Cluster.MemberAdd"))
+        let req = req.into_inner();
+        if req.peer_ur_ls.is_empty() {
+            return Err(Status::invalid_argument(
+                "etcdserver: peer URLs are not provided",
+            ));
+        }
+        for u in &req.peer_ur_ls {
+            validate_peer_url(u).map_err(Status::invalid_argument)?;
+        }
+        let membership = self.core.membership();
+        let taken = membership
+            .members
+            .iter()
+            .flat_map(|m| m.peer_ur_ls.iter())
+            .any(|u| req.peer_ur_ls.contains(u));
+        if taken {
+            return Err(ApiError::PeerUrlExists.into());
+        }
+        let learners = membership.members.iter().filter(|m| m.is_learner).count();
+        if req.is_learner && learners >= MAX_LEARNERS {
+            return Err(ApiError::TooManyLearners.into());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut urls = req.peer_ur_ls.clone();
+        urls.sort();
+        let id = identity::member_id(&urls, &self.core.config.initial_cluster_token, Some(now)).0;
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: urls,
+            client_ur_ls: vec![],
+            is_learner: req.is_learner,
+        };
+        let kind = if req.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let (cc, request_id) = self.conf_change(id, kind, Some(member.clone()));
+        let state = self.core.propose_conf_change(cc, request_id).await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.core.header(0),
+            member: Some(member),
+            members: state.members,
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(unimplemented("Cluster.MemberRemove"))
+        let id = req.into_inner().id;
+        let membership = self.core.membership();
+        if membership.removed.contains(&id) {
+            return Err(ApiError::IdRemoved.into());
+        }
+        if crate::membership::find(&membership, id).is_none() {
+            return Err(ApiError::MemberNotFound.into());
+        }
+        let (cc, request_id) = self.conf_change(id, ConfChangeType::RemoveNode, None);
+        let state = self.core.propose_conf_change(cc, request_id).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.core.header(0),
+            members: state.members,
+        }))
     }
 
     async fn member_update(
         &self,
-        _: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(unimplemented("Cluster.MemberUpdate"))
+        let req = req.into_inner();
+        for u in &req.peer_ur_ls {
+            validate_peer_url(u).map_err(Status::invalid_argument)?;
+        }
+        let membership = self.core.membership();
+        if crate::membership::find(&membership, req.id).is_none() {
+            return Err(ApiError::MemberNotFound.into());
+        }
+        let taken = membership
+            .members
+            .iter()
+            .filter(|m| m.id != req.id)
+            .flat_map(|m| m.peer_ur_ls.iter())
+            .any(|u| req.peer_ur_ls.contains(u));
+        if taken {
+            return Err(ApiError::PeerUrlExists.into());
+        }
+        let mut urls = req.peer_ur_ls.clone();
+        urls.sort();
+        let state = self
+            .core
+            .propose_membership(Write::MemberAttributes(MemberAttributes {
+                id: req.id,
+                peer_urls: urls,
+                update_peer_urls: true,
+                ..Default::default()
+            }))
+            .await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.core.header(0),
+            members: state.members,
+        }))
     }
 
     async fn member_list(
         &self,
-        _: Request<MemberListRequest>,
+        req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        if req.into_inner().linearizable {
+            self.core.read_barrier().await?;
+        }
         // etcd leaves the revision out of Cluster API headers.
         Ok(Response::new(MemberListResponse {
             header: self.core.header(0),
-            members: vec![Member {
-                id: self.core.member_id.0,
-                name: self.core.name.clone(),
-                peer_ur_ls: self.core.peer_urls.clone(),
-                client_ur_ls: self.core.client_urls.clone(),
-                is_learner: false,
-            }],
+            members: self.core.membership().members,
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(unimplemented("Cluster.MemberPromote"))
+        let id = req.into_inner().id;
+        let membership = self.core.membership();
+        let member = crate::membership::find(&membership, id).ok_or(ApiError::MemberNotFound)?;
+        if !member.is_learner {
+            return Err(ApiError::MemberNotLearner.into());
+        }
+        if self.core.leader() != self.core.member_id.0 {
+            // Only the leader knows how far the learner has come.
+            return Ok(Response::new(self.forward_promote(id).await?));
+        }
+        let ready = match self.core.learner_progress(id).await? {
+            Some((matched, last)) => matched * 100 >= last * PROMOTE_READY_PERCENT,
+            None => false,
+        };
+        if !ready {
+            return Err(ApiError::LearnerNotReady.into());
+        }
+        let (cc, request_id) = self.conf_change(id, ConfChangeType::AddNode, None);
+        let state = self.core.propose_conf_change(cc, request_id).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.core.header(0),
+            members: state.members,
+        }))
     }
 }

@@ -48,14 +48,14 @@ impl KvService {
 
     /// Writes that add data are refused while the backend is over quota.
     fn check_quota(&self) -> Result<(), ApiError> {
-        if self.core.db_size() > self.core.config.quota_backend_bytes {
+        if self.core.store.get().file_size() > self.core.config.quota_backend_bytes {
             return Err(ApiError::NoSpace);
         }
         Ok(())
     }
 
     async fn write(&self, w: Write) -> Result<WriteResponse, Status> {
-        Ok(self.core.pipeline.propose(w).await?)
+        Ok(self.core.propose(w).await?)
     }
 
     /// Runs a read on a store snapshot off the async workers.
@@ -64,7 +64,7 @@ impl KvService {
         T: Send + 'static,
         F: FnOnce(&quorate_mvcc::ReadTxn) -> Result<T, ApiError> + Send + 'static,
     {
-        let store = self.core.store.clone();
+        let store = self.core.store.get();
         let r = tokio::task::spawn_blocking(move || {
             let snapshot = store.read().map_err(ApiError::from)?;
             f(&snapshot)
@@ -85,8 +85,9 @@ impl Kv for KvService {
         let req = req.into_inner();
         self.check_message_size(req.encoded_len())?;
         validate::check_range(&req)?;
-        // One member: its committed state is the linearizable state, so
-        // serializable and linearizable reads are served the same way.
+        if !req.serializable {
+            self.core.read_barrier().await?;
+        }
         let mut resp = self.read(move |s| apply::range(s, &req)).await?;
         let rev = resp.header.as_ref().map_or(0, |h| h.revision);
         resp.header = self.core.header(rev);
@@ -132,6 +133,9 @@ impl Kv for KvService {
         self.check_message_size(req.encoded_len())?;
         validate::check_txn(&req, self.core.config.max_txn_ops)?;
         let mut resp = if apply::txn_is_read_only(&req) {
+            if !apply::txn_is_serializable(&req) {
+                self.core.read_barrier().await?;
+            }
             self.read(move |s| apply::read_only_txn(s, &req)).await?
         } else {
             self.check_size(req.encoded_len())?;
@@ -158,7 +162,7 @@ impl Kv for KvService {
             _ => return Err(unexpected()),
         };
         if physical {
-            self.core.pipeline.wait_compacted().await?;
+            self.core.wait_compacted().await?;
         }
         let rev = resp.header.as_ref().map_or(0, |h| h.revision);
         resp.header = self.core.header(rev);

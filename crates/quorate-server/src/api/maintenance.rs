@@ -1,6 +1,7 @@
 //! etcdserverpb.Maintenance: Status and Alarm (GET) for now.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::Stream;
@@ -14,7 +15,7 @@ use quorate_proto::etcdserverpb::{
 use tonic::{Request, Response, Status};
 
 use super::unimplemented;
-use crate::core::{Core, ETCD_API_VERSION, SINGLE_NODE_TERM};
+use crate::core::{Core, ETCD_API_VERSION};
 use crate::error::ApiError;
 
 pub struct MaintenanceService {
@@ -27,7 +28,7 @@ impl MaintenanceService {
     }
 
     fn revision(&self) -> Result<i64, Status> {
-        let r = self.core.store.read().map_err(ApiError::from)?;
+        let r = self.core.store.get().read().map_err(ApiError::from)?;
         Ok(r.revision())
     }
 }
@@ -50,18 +51,24 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let applied = self.core.applied_index();
+        let store = self.core.store.get();
+        let db_size = store.file_size();
+        // The in-use size needs the write lock briefly; off the async workers.
+        let in_use = tokio::task::spawn_blocking(move || store.size_in_use().unwrap_or(db_size))
+            .await
+            .unwrap_or(db_size);
+        let view = &self.core.view;
         Ok(Response::new(StatusResponse {
             header: self.core.header(self.revision()?),
             version: ETCD_API_VERSION.to_string(),
-            db_size: self.core.db_size() as i64,
-            leader: self.core.member_id.0,
-            raft_index: applied,
-            raft_term: SINGLE_NODE_TERM,
-            raft_applied_index: applied,
+            db_size: db_size as i64,
+            leader: self.core.leader(),
+            raft_index: view.commit.load(Ordering::Relaxed),
+            raft_term: view.term.load(Ordering::Relaxed),
+            raft_applied_index: self.core.applied_index(),
             errors: vec![],
-            db_size_in_use: self.core.db_size_in_use() as i64,
-            is_learner: false,
+            db_size_in_use: in_use as i64,
+            is_learner: self.core.is_learner(),
             storage_version: String::new(),
             db_size_quota: self.core.config.quota_backend_bytes as i64,
             downgrade_info: None,
@@ -94,9 +101,36 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("Maintenance.MoveLeader"))
+        let target = req.into_inner().target_id;
+        let membership = self.core.membership();
+        let member =
+            crate::membership::find(&membership, target).ok_or(ApiError::MemberNotFound)?;
+        if member.is_learner {
+            return Err(ApiError::NotSupportedForLearner.into());
+        }
+        if self.core.leader() != self.core.member_id.0 {
+            return Err(ApiError::NotLeader.into());
+        }
+        if target == self.core.member_id.0 {
+            return Ok(Response::new(MoveLeaderResponse {
+                header: self.core.header(self.revision()?),
+            }));
+        }
+        self.core.transfer_leader(target).await?;
+        // Leadership moves within an election timeout; give up after the
+        // request timeout, as etcd does.
+        let deadline = tokio::time::Instant::now() + self.core.request_timeout;
+        while self.core.leader() != target {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Timeout.into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.core.header(self.revision()?),
+        }))
     }
 
     async fn downgrade(

@@ -140,6 +140,9 @@ impl Server {
             .arg("http://127.0.0.1:0")
             .arg("--advertise-client-urls")
             .arg("http://127.0.0.1:0")
+            // A single member: nobody dials its peer port.
+            .arg("--listen-peer-urls")
+            .arg("http://127.0.0.1:0")
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
