@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
+    /// Interval of progress notifications to idle watchers that asked for them.
+    pub watch_progress_notify_interval_ms: u64,
     /// redb page cache size.
     pub backend_cache_bytes: usize,
 }
@@ -58,6 +60,7 @@ impl ServerConfig {
             max_txn_ops: 128,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,
             backend_cache_bytes: 64 * 1024 * 1024,
+            watch_progress_notify_interval_ms: 10 * 60 * 1000,
         }
     }
 }

@@ -40,8 +40,6 @@ pub enum ApiError {
     MemberNotFound,
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
-    #[error("etcdserver: ID removed")]
-    IdRemoved,
     #[error("etcdserver: can only promote a learner member")]
     MemberNotLearner,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
@@ -54,6 +52,10 @@ pub enum ApiError {
     Unhealthy,
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: member ID already exist")]
+    MemberIdExists,
     /// A request field has a value etcd's API does not define.
     #[error("{0}")]
     InvalidArgument(String),
@@ -87,8 +89,10 @@ impl ApiError {
             | ApiError::MemberNotLearner
             | ApiError::LearnerNotReady
             | ApiError::TooManyLearners
-            | ApiError::NotEnoughStartedMembers => Code::FailedPrecondition,
-            ApiError::MemberNotFound | ApiError::IdRemoved => Code::NotFound,
+            | ApiError::NotEnoughStartedMembers
+            | ApiError::BadLeaderTransferee
+            | ApiError::MemberIdExists => Code::FailedPrecondition,
+            ApiError::MemberNotFound => Code::NotFound,
             ApiError::Internal(_) => Code::Internal,
         }
     }

@@ -214,6 +214,17 @@ async fn run_link(ctx: PeerContext, to: u64, mut rx: mpsc::Receiver<Message>) {
                 let _ = ctx.fatal_tx.send(Some(REMOVED_MESSAGE.to_string()));
                 return;
             }
+            Ok(Err(status))
+                if status.code() == tonic::Code::FailedPrecondition
+                    && status.message().contains("cluster ID mismatch") =>
+            {
+                warn!(
+                    peer = %format!("{to:x}"),
+                    local = %format!("{:x}", ctx.cluster_id),
+                    "request sent was ignored ({})",
+                    status.message()
+                );
+            }
             Ok(Err(status)) => {
                 debug!(peer = %format!("{to:x}"), %status, "peer stream ended");
             }

@@ -78,6 +78,8 @@ pub struct Replica {
     pub view: Arc<RaftView>,
     /// Applied index, for readers waiting on a ReadIndex.
     pub applied_tx: watch::Sender<u64>,
+    /// Store revision after each applied batch, for watchers.
+    pub revision_tx: watch::Sender<i64>,
     /// ReadIndex answers, by request context.
     pub read_states: Vec<ReadState>,
     pub member_id: u64,
@@ -98,6 +100,7 @@ impl Replica {
     ) -> Result<Replica, ApiError> {
         let applied = store.get().applied_index()?.index;
         let (applied_tx, _) = watch::channel(applied);
+        let (revision_tx, _) = watch::channel(store.get().read()?.revision());
         Ok(Replica {
             store,
             store_path,
@@ -106,6 +109,7 @@ impl Replica {
             membership: Arc::new(RwLock::new(membership)),
             view: Arc::new(RaftView::default()),
             applied_tx,
+            revision_tx,
             read_states: Vec::new(),
             member_id,
             removed: false,
@@ -276,7 +280,13 @@ impl StateMachine for Replica {
                     .map_err(|e| fail(e.into()))?;
             }
             w.set_applied(last).map_err(|e| fail(e.into()))?;
+            let revision = w.revision();
             w.commit(true).map_err(|e| fail(e.into()))?;
+            self.revision_tx.send_if_modified(|r| {
+                let changed = *r != revision;
+                *r = revision;
+                changed
+            });
             self.applied = last.index;
             if membership_changed {
                 self.set_membership(membership);
@@ -326,8 +336,13 @@ impl StateMachine for Replica {
             .transpose()
             .map_err(NodeError::StateMachine)?
             .unwrap_or_default();
+        let revision = store
+            .read()
+            .map_err(|e| NodeError::StateMachine(e.to_string()))?
+            .revision();
         self.store.replace(store);
         self.applied = applied;
+        let _ = self.revision_tx.send(revision);
         self.set_membership(membership);
         self.compaction_pending = true;
         let _ = self.applied_tx.send(applied);

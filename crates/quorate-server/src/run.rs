@@ -13,6 +13,7 @@ use quorate_mvcc::{AppliedIndex, Store, StoreOptions};
 use quorate_proto::etcdserverpb::cluster_server::ClusterServer;
 use quorate_proto::etcdserverpb::kv_server::KvServer;
 use quorate_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use quorate_proto::etcdserverpb::watch_server::WatchServer;
 use quorate_proto::quoratepb::raft_peer_server::RaftPeerServer;
 use quorate_proto::quoratepb::MembershipState;
 use quorate_raft::{discard_logger, DurableLog, Node, NodeConfig};
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::api::watch::WatchService;
 use crate::api::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService};
 use crate::config::{ClusterState, ServerConfig, GRPC_OVERHEAD_BYTES};
 use crate::core::Core;
@@ -95,6 +97,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
     let view = replica.view.clone();
     let membership = replica.membership.clone();
     let applied_rx = replica.applied_tx.subscribe();
+    let revision_rx = replica.revision_tx.subscribe();
     let (raft_tx, raft_rx) = mpsc::channel(COMMAND_QUEUE_LEN);
     let (fatal_tx, mut fatal_rx) = watch::channel::<Option<String>>(None);
     let peer_ctx = PeerContext {
@@ -193,11 +196,18 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .max_decoding_message_size(max_msg);
         let cluster = ClusterServer::new(ClusterService::new(core.clone()))
             .max_decoding_message_size(max_msg);
+        let watch_svc = WatchServer::new(WatchService::new(
+            core.clone(),
+            revision_rx.clone(),
+            Duration::from_millis(cfg.watch_progress_notify_interval_ms.max(1)),
+        ))
+        .max_decoding_message_size(max_msg);
         let mut stop = stop_rx.clone();
         let server = tonic::transport::Server::builder()
             .add_service(kv)
             .add_service(maintenance)
             .add_service(cluster)
+            .add_service(watch_svc)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop.wait_for(|s| *s).await;
             });

@@ -102,7 +102,12 @@ impl Cluster for ClusterService {
             .unwrap_or(0);
         let mut urls = req.peer_ur_ls.clone();
         urls.sort();
-        let id = identity::member_id(&urls, &self.core.config.initial_cluster_token, Some(now)).0;
+        // etcd derives a runtime member's ID from its peer URLs and the time
+        // in seconds, with no cluster token.
+        let id = identity::member_id(&urls, "", Some(now)).0;
+        if crate::membership::find(&membership, id).is_some() || membership.removed.contains(&id) {
+            return Err(ApiError::MemberIdExists.into());
+        }
         let member = Member {
             id,
             name: String::new(),
@@ -130,9 +135,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
         let membership = self.core.membership();
-        if membership.removed.contains(&id) {
-            return Err(ApiError::IdRemoved.into());
-        }
+        // A removed ID is "not found" too, as etcd answers.
         if crate::membership::find(&membership, id).is_none() {
             return Err(ApiError::MemberNotFound.into());
         }

@@ -105,10 +105,11 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
         let membership = self.core.membership();
+        // etcd refuses an unknown or learner target the same way.
         let member =
-            crate::membership::find(&membership, target).ok_or(ApiError::MemberNotFound)?;
+            crate::membership::find(&membership, target).ok_or(ApiError::BadLeaderTransferee)?;
         if member.is_learner {
-            return Err(ApiError::NotSupportedForLearner.into());
+            return Err(ApiError::BadLeaderTransferee.into());
         }
         if self.core.leader() != self.core.member_id.0 {
             return Err(ApiError::NotLeader.into());
