@@ -206,6 +206,7 @@ impl Store {
             compact_revision,
             pending_main: None,
             next_sub: 0,
+            lease_changes: Vec::new(),
         })
     }
 
@@ -501,6 +502,34 @@ pub struct ReadTxn {
 }
 
 impl ReadTxn {
+    /// Every lease: `(id, granted TTL in seconds)`, by ID.
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>, MvccError> {
+        leases_in(&self.meta)
+    }
+
+    /// Every live key that is attached to a lease, as `(key, lease)`.
+    pub fn leased_keys(&self) -> Result<Vec<(Vec<u8>, i64)>, MvccError> {
+        let mut out = Vec::new();
+        for entry in self.latest.iter()? {
+            let (_, rev) = entry?;
+            let rec = self.history.get(rev.value())?.ok_or_else(|| {
+                MvccError::Corrupt(format!("revision {:?} is indexed but missing", rev.value()))
+            })?;
+            let (_, kv) = codec::decode(rec.value())?;
+            if kv.lease != 0 {
+                out.push((kv.key, kv.lease));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, MvccError> {
+        Ok(self
+            .meta
+            .get(lease_meta_key(id).as_str())?
+            .and_then(|v| v.value().try_into().ok().map(i64::from_le_bytes)))
+    }
+
     pub fn revision(&self) -> i64 {
         self.revision
     }
@@ -562,6 +591,38 @@ pub struct WriteTxn {
     /// Main revision of the etcd-level transaction in progress, once it writes.
     pending_main: Option<i64>,
     next_sub: i64,
+    /// `(key, old lease, new lease)` for every write that changed a key's
+    /// lease, so the layer above can keep its lease-to-keys index.
+    lease_changes: Vec<(Vec<u8>, i64, i64)>,
+}
+
+/// Leases live in `meta` as `lease/<id as 16 hex digits>` -> granted TTL
+/// (i64 LE), so snapshots carry them with the rest of the metadata.
+const META_LEASE_PREFIX: &str = "lease/";
+
+fn lease_meta_key(id: i64) -> String {
+    format!("{META_LEASE_PREFIX}{:016x}", id as u64)
+}
+
+fn leases_in<T: ReadableTable<&'static str, &'static [u8]>>(
+    meta: &T,
+) -> Result<Vec<(i64, i64)>, MvccError> {
+    let mut out = Vec::new();
+    for entry in meta.range(META_LEASE_PREFIX..)? {
+        let (k, v) = entry?;
+        let Some(hex) = k.value().strip_prefix(META_LEASE_PREFIX) else {
+            break;
+        };
+        let id = u64::from_str_radix(hex, 16)
+            .map_err(|_| MvccError::Corrupt(format!("bad lease entry {}", k.value())))?
+            as i64;
+        let ttl: [u8; 8] = v
+            .value()
+            .try_into()
+            .map_err(|_| MvccError::Corrupt(format!("bad lease entry {}", k.value())))?;
+        out.push((id, i64::from_le_bytes(ttl)));
+    }
+    Ok(out)
 }
 
 impl WriteTxn {
@@ -635,6 +696,10 @@ impl WriteTxn {
         history.insert(rev, codec::encode(RecordKind::Put, &kv).as_slice())?;
         key_revisions.insert((key, rev.0, rev.1), RecordKind::Put as u8)?;
         latest.insert(key, rev)?;
+        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+        if old_lease != lease {
+            self.lease_changes.push((key.to_vec(), old_lease, lease));
+        }
         Ok(prev)
     }
 
@@ -667,6 +732,9 @@ impl WriteTxn {
                 RecordKind::Tombstone as u8,
             )?;
             latest.remove(kv.key.as_slice())?;
+            if kv.lease != 0 {
+                self.lease_changes.push((kv.key.clone(), kv.lease, 0));
+            }
         }
         Ok(live.kvs)
     }
@@ -683,6 +751,37 @@ impl WriteTxn {
         self.compact_revision = rev;
         let mut meta = self.txn.open_table(META)?;
         meta.insert(META_COMPACT_REVISION, rev.to_le_bytes().as_slice())?;
+        Ok(())
+    }
+
+    /// Key lease attachments changed since the last call.
+    pub fn take_lease_changes(&mut self) -> Vec<(Vec<u8>, i64, i64)> {
+        std::mem::take(&mut self.lease_changes)
+    }
+
+    pub fn lease_ttl(&self, id: i64) -> Result<Option<i64>, MvccError> {
+        let meta = self.txn.open_table(META)?;
+        let v = meta
+            .get(lease_meta_key(id).as_str())?
+            .and_then(|v| v.value().try_into().ok().map(i64::from_le_bytes));
+        Ok(v)
+    }
+
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>, MvccError> {
+        let meta = self.txn.open_table(META)?;
+        leases_in(&meta)
+    }
+
+    /// Records a lease with its granted TTL. Takes no revision (as in etcd).
+    pub fn put_lease(&mut self, id: i64, ttl: i64) -> Result<(), MvccError> {
+        let mut meta = self.txn.open_table(META)?;
+        meta.insert(lease_meta_key(id).as_str(), ttl.to_le_bytes().as_slice())?;
+        Ok(())
+    }
+
+    pub fn remove_lease(&mut self, id: i64) -> Result<(), MvccError> {
+        let mut meta = self.txn.open_table(META)?;
+        meta.remove(lease_meta_key(id).as_str())?;
         Ok(())
     }
 

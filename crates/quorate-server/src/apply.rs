@@ -9,8 +9,9 @@
 use quorate_mvcc::{KeyRange, KeyValue, MvccError, RangeOptions, RangeResult, ReadTxn, WriteTxn};
 use quorate_proto::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use quorate_proto::quoratepb::internal_request::Request;
 
@@ -21,6 +22,7 @@ pub trait KvRead {
     fn range_kv(&self, range: &KeyRange, opts: RangeOptions) -> Result<RangeResult, MvccError>;
     fn current_revision(&self) -> i64;
     fn compacted_revision(&self) -> i64;
+    fn lease_granted_ttl(&self, id: i64) -> Result<Option<i64>, MvccError>;
 }
 
 impl KvRead for ReadTxn {
@@ -32,6 +34,9 @@ impl KvRead for ReadTxn {
     }
     fn compacted_revision(&self) -> i64 {
         self.compact_revision()
+    }
+    fn lease_granted_ttl(&self, id: i64) -> Result<Option<i64>, MvccError> {
+        self.lease_ttl(id)
     }
 }
 
@@ -45,6 +50,9 @@ impl KvRead for WriteTxn {
     fn compacted_revision(&self) -> i64 {
         self.compact_revision()
     }
+    fn lease_granted_ttl(&self, id: i64) -> Result<Option<i64>, MvccError> {
+        self.lease_ttl(id)
+    }
 }
 
 /// What applying one write request produced. Headers carry only the
@@ -55,6 +63,8 @@ pub enum WriteResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -150,10 +160,23 @@ pub fn apply_write(w: &mut WriteTxn, req: &Request) -> Result<WriteResponse, Api
         Request::DeleteRange(d) => WriteResponse::DeleteRange(delete_range(w, d)?),
         Request::Txn(t) => WriteResponse::Txn(txn(w, t)?),
         Request::Compaction(c) => WriteResponse::Compaction(compaction(w, c)?),
-        // Membership entries are applied by the replica, not here.
-        Request::MemberAttributes(_) => {
+        Request::LeaseGrant(g) => {
+            if w.lease_ttl(g.id)?.is_some() {
+                return Err(ApiError::LeaseExist);
+            }
+            w.put_lease(g.id, g.ttl)?;
+            WriteResponse::LeaseGrant(LeaseGrantResponse {
+                header: None,
+                id: g.id,
+                ttl: g.ttl,
+                error: String::new(),
+            })
+        }
+        // Membership entries and revocations are applied by the replica,
+        // which holds what they need.
+        Request::MemberAttributes(_) | Request::LeaseRevoke(_) => {
             return Err(ApiError::Internal(
-                "membership entry in the KV apply path".into(),
+                "entry kind not applied on the KV path".into(),
             ))
         }
     };
@@ -179,6 +202,14 @@ fn with_revision(resp: WriteResponse, revision: i64) -> WriteResponse {
             r.header = header(revision);
             WriteResponse::Compaction(r)
         }
+        WriteResponse::LeaseGrant(mut r) => {
+            r.header = header(revision);
+            WriteResponse::LeaseGrant(r)
+        }
+        WriteResponse::LeaseRevoke(mut r) => {
+            r.header = header(revision);
+            WriteResponse::LeaseRevoke(r)
+        }
     }
 }
 
@@ -190,8 +221,7 @@ fn check_put_state<R: KvRead>(r: &R, p: &PutRequest) -> Result<(), ApiError> {
             return Err(ApiError::KeyNotFound);
         }
     }
-    // Leases arrive with the lease service; until then no lease exists.
-    if p.lease != 0 {
+    if p.lease != 0 && r.lease_granted_ttl(p.lease)?.is_none() {
         return Err(ApiError::LeaseNotFound);
     }
     Ok(())
@@ -388,6 +418,26 @@ fn apply_path(w: &mut WriteTxn, t: &TxnRequest, path: &TxnPath) -> Result<TxnRes
         succeeded: path.succeeded,
         responses,
     })
+}
+
+/// Revokes a lease: its keys (`keys`, in key order) are deleted in one
+/// revision, then the lease is removed.
+pub fn apply_revoke(
+    w: &mut WriteTxn,
+    id: i64,
+    keys: &[Vec<u8>],
+) -> Result<WriteResponse, ApiError> {
+    if w.lease_ttl(id)?.is_none() {
+        return Err(ApiError::LeaseNotFound);
+    }
+    for key in keys {
+        w.delete_range(&KeyRange::new(key, b""))?;
+    }
+    w.remove_lease(id)?;
+    let revision = w.finish_revision()?;
+    Ok(WriteResponse::LeaseRevoke(LeaseRevokeResponse {
+        header: header(revision),
+    }))
 }
 
 /// A txn with no writes is served like a read, without sequencing.

@@ -32,6 +32,8 @@ pub struct Core {
     pub cluster_id: ClusterId,
     pub config: ServerConfig,
     pub request_timeout: Duration,
+    pub lessor: Arc<crate::lessor::Lessor>,
+    pub lease_keys: Arc<crate::lessor::LeaseKeys>,
 }
 
 impl Core {

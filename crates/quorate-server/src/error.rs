@@ -26,6 +26,10 @@ pub enum ApiError {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: request timed out")]
     Timeout,
     #[error("etcdserver: server stopped")]
@@ -75,7 +79,10 @@ impl ApiError {
             | ApiError::DuplicateKey
             | ApiError::RequestTooLarge
             | ApiError::InvalidArgument(_) => Code::InvalidArgument,
-            ApiError::Compacted | ApiError::FutureRevision => Code::OutOfRange,
+            ApiError::Compacted | ApiError::FutureRevision | ApiError::LeaseTtlTooLarge => {
+                Code::OutOfRange
+            }
+            ApiError::LeaseExist => Code::FailedPrecondition,
             ApiError::NoSpace => Code::ResourceExhausted,
             ApiError::LeaseNotFound => Code::NotFound,
             ApiError::Timeout

@@ -16,6 +16,7 @@ pub mod config;
 mod core;
 pub mod error;
 pub mod identity;
+pub mod lessor;
 pub mod membership;
 mod peer;
 mod raft_loop;

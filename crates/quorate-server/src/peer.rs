@@ -19,7 +19,8 @@ use quorate_mvcc::StoreOptions;
 use quorate_proto::quoratepb::raft_peer_client::RaftPeerClient;
 use quorate_proto::quoratepb::raft_peer_server::RaftPeer;
 use quorate_proto::quoratepb::{
-    MembersRequest, MembersResponse, MembershipState, PeerBatch, PeerReply, SnapshotChunk,
+    LeaseRenewRequest, LeaseRenewResponse, MembersRequest, MembersResponse, MembershipState,
+    PeerBatch, PeerReply, SnapshotChunk,
 };
 use quorate_raft::eraftpb::{Message, MessageType};
 use quorate_raft::Transport;
@@ -59,6 +60,7 @@ pub struct PeerContext {
     /// Set when a peer says this member was removed.
     pub fatal_tx: tokio::sync::watch::Sender<Option<String>>,
     pub runtime: tokio::runtime::Handle,
+    pub lessor: Arc<crate::lessor::Lessor>,
 }
 
 impl PeerContext {
@@ -451,6 +453,24 @@ impl RaftPeer for PeerService {
         Ok(Response::new(PeerReply {}))
     }
 
+    async fn lease_renew(
+        &self,
+        req: Request<LeaseRenewRequest>,
+    ) -> Result<Response<LeaseRenewResponse>, Status> {
+        let req = req.into_inner();
+        if !self.ctx.lessor.is_primary() {
+            return Err(Status::unavailable("etcdserver: not leader"));
+        }
+        let ttl = if req.renew {
+            self.ctx.lessor.renew(req.id)
+        } else {
+            self.ctx.lessor.remaining(req.id)
+        };
+        Ok(Response::new(LeaseRenewResponse {
+            ttl: ttl.unwrap_or(-1),
+        }))
+    }
+
     async fn members(
         &self,
         _: Request<MembersRequest>,
@@ -460,6 +480,18 @@ impl RaftPeer for PeerService {
             membership: Some(self.ctx.membership()),
         }))
     }
+}
+
+/// Keep-alive (or TTL query) of a lease on the leader, at one of its peer
+/// URLs. Returns the TTL (-1: unknown lease).
+pub async fn lease_renew_on(urls: &[String], id: i64, renew: bool) -> Result<i64, Status> {
+    for url in urls {
+        if let Some(mut c) = connect(url).await {
+            let r = c.lease_renew(LeaseRenewRequest { id, renew }).await?;
+            return Ok(r.into_inner().ttl);
+        }
+    }
+    Err(Status::unavailable("etcdserver: no leader"))
 }
 
 /// Asks the members listed in `--initial-cluster` for the membership, for a

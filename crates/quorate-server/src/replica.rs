@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::apply::{self, WriteResponse};
 use crate::error::ApiError;
+use crate::lessor::{LeaseKeys, Lessor};
 use crate::membership::{self, META_MEMBERSHIP};
 
 /// What a waiting client gets back when its entry is applied.
@@ -87,6 +88,10 @@ pub struct Replica {
     pub removed: bool,
     /// Set when a compaction was applied; the loop reclaims space.
     pub compaction_pending: bool,
+    pub lessor: Arc<Lessor>,
+    pub lease_keys: Arc<LeaseKeys>,
+    /// Added to every lease's TTL when this member becomes leader.
+    pub lease_extend: std::time::Duration,
     applied: u64,
 }
 
@@ -101,6 +106,8 @@ impl Replica {
         let applied = store.get().applied_index()?.index;
         let (applied_tx, _) = watch::channel(applied);
         let (revision_tx, _) = watch::channel(store.get().read()?.revision());
+        let lease_keys = Arc::new(LeaseKeys::default());
+        lease_keys.rebuild(store.get().read()?.leased_keys()?);
         Ok(Replica {
             store,
             store_path,
@@ -114,6 +121,9 @@ impl Replica {
             member_id,
             removed: false,
             compaction_pending: true,
+            lessor: Arc::new(Lessor::default()),
+            lease_keys,
+            lease_extend: std::time::Duration::ZERO,
             applied,
         })
     }
@@ -188,6 +198,8 @@ impl StateMachine for Replica {
         let mut answers: Vec<(u64, Applied)> = Vec::new();
         let mut membership = self.membership_snapshot();
         let mut membership_changed = false;
+        let mut granted: Vec<(i64, i64)> = Vec::new();
+        let mut revoked: Vec<i64> = Vec::new();
         let mut last = AppliedIndex {
             index: self.applied,
             term: 0,
@@ -219,8 +231,24 @@ impl StateMachine for Replica {
                                     };
                                     answers.push((req.id, Applied::Membership(result)));
                                 }
+                                Some(Request::LeaseRevoke(rv)) => {
+                                    let keys = self.lease_keys.keys_of(rv.id);
+                                    let result = apply::apply_revoke(&mut w, rv.id, &keys);
+                                    if let Err(ApiError::Internal(msg)) = &result {
+                                        return Err(NodeError::StateMachine(msg.clone()));
+                                    }
+                                    self.lease_keys.apply_changes(w.take_lease_changes());
+                                    if result.is_ok() {
+                                        revoked.push(rv.id);
+                                    }
+                                    answers.push((req.id, Applied::Write(result)));
+                                }
                                 Some(r) => {
                                     let result = apply::apply_write(&mut w, &r);
+                                    self.lease_keys.apply_changes(w.take_lease_changes());
+                                    if let (Request::LeaseGrant(g), Ok(_)) = (&r, &result) {
+                                        granted.push((g.id, g.ttl));
+                                    }
                                     if let Err(ApiError::Internal(msg)) = &result {
                                         // A storage failure: nothing of this batch
                                         // is committed; the entries are applied
@@ -293,6 +321,12 @@ impl StateMachine for Replica {
             }
             let _ = self.applied_tx.send(self.applied);
         }
+        for (id, ttl) in granted {
+            self.lessor.granted(id, ttl);
+        }
+        for id in revoked {
+            self.lessor.revoked(id);
+        }
         for (id, a) in answers {
             self.respond(id, a);
         }
@@ -340,6 +374,11 @@ impl StateMachine for Replica {
             .read()
             .map_err(|e| NodeError::StateMachine(e.to_string()))?
             .revision();
+        let leased = store
+            .read()
+            .and_then(|r| r.leased_keys())
+            .map_err(|e| NodeError::StateMachine(e.to_string()))?;
+        self.lease_keys.rebuild(leased);
         self.store.replace(store);
         self.applied = applied;
         let _ = self.revision_tx.send(revision);
@@ -354,6 +393,15 @@ impl StateMachine for Replica {
     }
 
     fn on_soft_state(&mut self, leader: u64, term: u64, role: StateRole) {
+        if role == StateRole::Leader && !self.lessor.is_primary() {
+            // A new leader restarts every lease's clock.
+            match self.store.get().read().and_then(|r| r.leases()) {
+                Ok(leases) => self.lessor.promote(&leases, self.lease_extend),
+                Err(e) => warn!(error = %e, "cannot load leases on becoming leader"),
+            }
+        } else if role != StateRole::Leader {
+            self.lessor.demote();
+        }
         self.view.leader.store(leader, Ordering::Relaxed);
         self.view.term.store(term, Ordering::Relaxed);
         self.view

@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context};
 use quorate_mvcc::{AppliedIndex, Store, StoreOptions};
 use quorate_proto::etcdserverpb::cluster_server::ClusterServer;
 use quorate_proto::etcdserverpb::kv_server::KvServer;
+use quorate_proto::etcdserverpb::lease_server::LeaseServer;
 use quorate_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use quorate_proto::etcdserverpb::watch_server::WatchServer;
 use quorate_proto::quoratepb::raft_peer_server::RaftPeerServer;
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::api::lease::LeaseService;
 use crate::api::watch::WatchService;
 use crate::api::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService};
 use crate::config::{ClusterState, ServerConfig, GRPC_OVERHEAD_BYTES};
@@ -87,13 +89,16 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         .collect();
 
     let store = StoreHandle::new(store);
-    let replica = Replica::new(
+    let mut replica = Replica::new(
         store.clone(),
         dirs.store.clone(),
         store_options.clone(),
         membership,
         member_id.0,
     )?;
+    replica.lease_extend = Duration::from_millis(cfg.election_timeout_ms);
+    let lessor = replica.lessor.clone();
+    let lease_keys = replica.lease_keys.clone();
     let view = replica.view.clone();
     let membership = replica.membership.clone();
     let applied_rx = replica.applied_tx.subscribe();
@@ -110,6 +115,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         snap_dir: dirs.snap.clone(),
         fatal_tx: fatal_tx.clone(),
         runtime: tokio::runtime::Handle::current(),
+        lessor: lessor.clone(),
     };
     let heartbeat = cfg.heartbeat_interval_ms.max(1);
     let mut node_cfg = NodeConfig::new(member_id.0);
@@ -181,7 +187,13 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         cluster_id,
         config: cfg.clone(),
         request_timeout,
+        lessor,
+        lease_keys,
     });
+    tokio::spawn(crate::api::lease::expire_leases(
+        core.clone(),
+        stop_rx.clone(),
+    ));
     info!(
         name = %cfg.name,
         member_id = %member_id,
@@ -196,6 +208,8 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .max_decoding_message_size(max_msg);
         let cluster = ClusterServer::new(ClusterService::new(core.clone()))
             .max_decoding_message_size(max_msg);
+        let lease =
+            LeaseServer::new(LeaseService::new(core.clone())).max_decoding_message_size(max_msg);
         let watch_svc = WatchServer::new(WatchService::new(
             core.clone(),
             revision_rx.clone(),
@@ -208,6 +222,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .add_service(maintenance)
             .add_service(cluster)
             .add_service(watch_svc)
+            .add_service(lease)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop.wait_for(|s| *s).await;
             });

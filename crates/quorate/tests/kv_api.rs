@@ -1006,7 +1006,6 @@ async fn put_ignore_value_with_value_fails_with_value_provided() {
 }
 
 #[tokio::test]
-#[ignore = "needs the Lease service (issue 4: watch and leases)"]
 async fn put_ignore_lease_keeps_existing_lease() {
     let (_srv, mut c) = start().await;
     let lease = c.lease_grant(600, None).await.unwrap().id();
@@ -1406,7 +1405,6 @@ async fn txn_compare_mod_revision_with_every_result() {
 }
 
 #[tokio::test]
-#[ignore = "needs the Lease service (issue 4: watch and leases)"]
 async fn txn_compare_lease_with_every_result() {
     let (_srv, mut c) = start().await;
     let lease = c.lease_grant(600, None).await.unwrap().id();

@@ -2,12 +2,13 @@
 //! translate and route: reads go to a store snapshot, writes to the write
 //! pipeline. What a request does is decided in `apply`.
 //!
-//! Services etcd has that are not built yet (Lease, Auth) are not
+//! Services etcd has that are not built yet (Auth) are not
 //! registered, so tonic answers their methods with UNIMPLEMENTED; methods of
 //! registered services that are not built yet do the same explicitly.
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
