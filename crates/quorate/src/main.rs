@@ -87,6 +87,11 @@ struct Flags {
     #[arg(long, env = "QUORATE_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
 
+    /// Interval of progress notifications to idle watchers that asked for
+    /// them (Go duration, e.g. 10m, 500ms), as etcd's flag.
+    #[arg(long, env = "QUORATE_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m", value_parser = parse_go_duration)]
+    experimental_watch_progress_notify_interval: std::time::Duration,
+
     /// Largest client write request accepted, in bytes.
     #[arg(long, env = "QUORATE_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     max_request_bytes: usize,
@@ -128,12 +133,49 @@ impl Flags {
         cfg.heartbeat_interval_ms = self.heartbeat_interval;
         cfg.election_timeout_ms = self.election_timeout;
         cfg.snapshot_count = self.snapshot_count;
+        cfg.watch_progress_notify_interval_ms =
+            self.experimental_watch_progress_notify_interval.as_millis() as u64;
         cfg.max_request_bytes = self.max_request_bytes;
         cfg.max_txn_ops = self.max_txn_ops;
         cfg.quota_backend_bytes = self.quota_backend_bytes;
         cfg.backend_cache_bytes = self.backend_cache_bytes;
         cfg
     }
+}
+
+/// Go's duration syntax as etcd's flags take it: `1h2m3s`, `500ms`, `1.5s`.
+fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
+        let (num, tail) = rest.split_at(num_len);
+        let value: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
+        };
+        total += value * scale;
+        rest = tail;
+    }
+    Ok(std::time::Duration::from_secs_f64(total))
 }
 
 fn init_logging(level: &str) {
