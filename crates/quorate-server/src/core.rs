@@ -153,6 +153,12 @@ impl Core {
         rx.await.map_err(|_| ApiError::Stopped)
     }
 
+    pub async fn defragment(&self) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Defragment(tx)).await?;
+        rx.await.map_err(|_| ApiError::Stopped)?
+    }
+
     pub async fn wait_compacted(&self) -> Result<(), ApiError> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::WaitCompacted(tx)).await?;

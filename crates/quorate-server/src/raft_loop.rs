@@ -49,6 +49,8 @@ pub enum Command {
         respond: oneshot::Sender<Result<(), ApiError>>,
     },
     WaitCompacted(oneshot::Sender<()>),
+    /// Rewrite the store compactly; writes wait meanwhile.
+    Defragment(oneshot::Sender<Result<(), ApiError>>),
     /// On the leader: a member's matched index and the leader's last index.
     Progress {
         id: u64,
@@ -257,6 +259,14 @@ impl RaftLoop {
                     .progress
                     .and_then(|p| p.get(id).map(|pr| pr.matched));
                 let _ = respond.send(matched.map(|m| (m, last)));
+            }
+            Command::Defragment(respond) => {
+                let r = self
+                    .node
+                    .state_machine_mut()
+                    .defragment()
+                    .map_err(ApiError::Internal);
+                let _ = respond.send(r);
             }
             Command::Tick => self.tick(),
             Command::Stop => {}

@@ -347,44 +347,7 @@ impl StateMachine for Replica {
                 snapshot.get_metadata().index
             )));
         }
-        std::fs::rename(&staged, &self.store_path)
-            .map_err(|e| NodeError::StateMachine(format!("cannot install snapshot: {e}")))?;
-        let store = Store::open(&self.store_path, &self.store_options)
-            .map_err(|e| NodeError::StateMachine(format!("cannot open installed snapshot: {e}")))?;
-        // The snapshot carries the sender's identity; this member keeps its own.
-        let mut w = store
-            .write()
-            .map_err(|e| NodeError::StateMachine(e.to_string()))?;
-        w.set_external_meta(membership::META_MEMBER_ID, &self.member_id.to_be_bytes())
-            .map_err(|e| NodeError::StateMachine(e.to_string()))?;
-        w.commit(true)
-            .map_err(|e| NodeError::StateMachine(e.to_string()))?;
-        let applied = store
-            .applied_index()
-            .map_err(|e| NodeError::StateMachine(e.to_string()))?
-            .index;
-        let membership = store
-            .get_external_meta(META_MEMBERSHIP)
-            .map_err(|e| NodeError::StateMachine(e.to_string()))?
-            .map(|b| membership::decode(&b))
-            .transpose()
-            .map_err(NodeError::StateMachine)?
-            .unwrap_or_default();
-        let revision = store
-            .read()
-            .map_err(|e| NodeError::StateMachine(e.to_string()))?
-            .revision();
-        let leased = store
-            .read()
-            .and_then(|r| r.leased_keys())
-            .map_err(|e| NodeError::StateMachine(e.to_string()))?;
-        self.lease_keys.rebuild(leased);
-        self.store.replace(store);
-        self.applied = applied;
-        let _ = self.revision_tx.send(revision);
-        self.set_membership(membership);
-        self.compaction_pending = true;
-        let _ = self.applied_tx.send(applied);
+        let applied = self.swap_store(&staged).map_err(NodeError::StateMachine)?;
         info!(
             index = snapshot.get_metadata().index,
             applied, "installed a snapshot from the leader"
@@ -415,6 +378,79 @@ impl StateMachine for Replica {
 }
 
 impl Replica {
+    /// Replaces the store with the complete store file at `staged` (moved
+    /// into place). The file keeps this member's own identity.
+    fn swap_store(&mut self, staged: &std::path::Path) -> Result<u64, String> {
+        std::fs::rename(staged, &self.store_path)
+            .map_err(|e| format!("cannot install store file: {e}"))?;
+        let store = Store::open(&self.store_path, &self.store_options)
+            .map_err(|e| format!("cannot open installed store: {e}"))?;
+        // A snapshot carries the sender's identity; this member keeps its own.
+        let mut w = store.write().map_err(|e| e.to_string())?;
+        w.set_external_meta(membership::META_MEMBER_ID, &self.member_id.to_be_bytes())
+            .map_err(|e| e.to_string())?;
+        w.commit(true).map_err(|e| e.to_string())?;
+        let applied = store.applied_index().map_err(|e| e.to_string())?.index;
+        let membership = store
+            .get_external_meta(META_MEMBERSHIP)
+            .map_err(|e| e.to_string())?
+            .map(|b| membership::decode(&b))
+            .transpose()?
+            .unwrap_or_default();
+        let read = store.read().map_err(|e| e.to_string())?;
+        let revision = read.revision();
+        self.lease_keys
+            .rebuild(read.leased_keys().map_err(|e| e.to_string())?);
+        drop(read);
+        self.store.replace(store);
+        self.applied = applied;
+        self.set_membership(membership);
+        self.compaction_pending = true;
+        let _ = self.applied_tx.send(applied);
+        let _ = self.revision_tx.send(revision);
+        Ok(applied)
+    }
+
+    /// Rewrites the store into a new, compact file (etcd's defragment):
+    /// dump it as a snapshot, rebuild a fresh file from it, swap it in.
+    /// Runs on the Raft thread, so no write is applied meanwhile.
+    pub fn defragment(&mut self) -> Result<(), String> {
+        let dir = self
+            .store_path
+            .parent()
+            .map(|p| p.join("snap"))
+            .ok_or("store path has no parent")?;
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let dump = dir.join("defrag.snap");
+        let staged = dir.join("defrag.redb");
+        let _ = std::fs::remove_file(&dump);
+        let _ = std::fs::remove_file(&staged);
+        {
+            use std::io::Write;
+            let file = std::fs::File::create(&dump).map_err(|e| e.to_string())?;
+            let mut w = std::io::BufWriter::new(file);
+            let read = self.store.get().read().map_err(|e| e.to_string())?;
+            read.write_snapshot(&mut w).map_err(|e| e.to_string())?;
+            w.flush().map_err(|e| e.to_string())?;
+        }
+        {
+            let file = std::fs::File::open(&dump).map_err(|e| e.to_string())?;
+            let mut r = std::io::BufReader::new(file);
+            let (store, _) = Store::restore_snapshot(&mut r, &staged, &self.store_options)
+                .map_err(|e| e.to_string())?;
+            drop(store);
+        }
+        let _ = std::fs::remove_file(&dump);
+        let before = self.store.get().file_size();
+        self.swap_store(&staged)?;
+        info!(
+            before,
+            after = self.store.get().file_size(),
+            "defragmented the store"
+        );
+        Ok(())
+    }
+
     fn compaction_pending_for(
         &self,
         r: &Request,

@@ -35,6 +35,142 @@ impl MaintenanceService {
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
+/// Bytes per `Maintenance.Snapshot` message.
+const SNAPSHOT_CHUNK_BYTES: usize = 64 * 1024;
+/// Keys read per step when hashing the keyspace.
+const HASH_PAGE_KEYS: usize = 10_000;
+
+/// CRC-32 over every live key at `at` (0: current revision): key, value,
+/// create and mod revisions, version and lease, in key order. Equal on every
+/// member holding the same data at that revision. Returns (hash, compact
+/// revision, revision hashed).
+fn keyspace_hash(store: &quorate_mvcc::Store, at: i64) -> Result<(u32, i64, i64), ApiError> {
+    use quorate_mvcc::{KeyRange, RangeOptions};
+    let read = store.read()?;
+    let rev = if at <= 0 { read.revision() } else { at };
+    let mut hasher = crc32fast::Hasher::new();
+    let mut start = vec![0u8];
+    loop {
+        let page = read.range(
+            &KeyRange::new(&start, b"\0"),
+            RangeOptions {
+                revision: rev,
+                limit: HASH_PAGE_KEYS,
+                count_only: false,
+            },
+        )?;
+        for kv in &page.kvs {
+            hasher.update(&(kv.key.len() as u64).to_le_bytes());
+            hasher.update(&kv.key);
+            hasher.update(&(kv.value.len() as u64).to_le_bytes());
+            hasher.update(&kv.value);
+            for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+                hasher.update(&n.to_le_bytes());
+            }
+        }
+        match page.kvs.last() {
+            Some(last) if page.kvs.len() == HASH_PAGE_KEYS => {
+                start = last.key.clone();
+                start.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok((hasher.finalize(), read.compact_revision(), rev))
+}
+
+/// Writes a snapshot as etcd clients expect it: the snapshot bytes followed
+/// by the SHA-256 of those bytes. Returns (total size, revision).
+fn write_snapshot_file(
+    store: &quorate_mvcc::Store,
+    path: &std::path::Path,
+) -> Result<(u64, i64), ApiError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    struct Hashing<W: Write> {
+        inner: W,
+        sha: Sha256,
+        len: u64,
+    }
+    impl<W: Write> Write for Hashing<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.sha.update(&buf[..n]);
+            self.len += n as u64;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let io = |e: std::io::Error| ApiError::Internal(format!("snapshot: {e}"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut w = Hashing {
+        inner: std::io::BufWriter::new(file),
+        sha: Sha256::new(),
+        len: 0,
+    };
+    let read = store.read()?;
+    let info = read.write_snapshot(&mut w)?;
+    // etcd clients look for the checksum only when the content before it is
+    // a multiple of 512 bytes (a bbolt file is): pad, ending the padding with
+    // its own length (u16 LE) so a reader can strip it.
+    let pad = ((512 - (w.len + 2) % 512) % 512) + 2;
+    let mut padding = vec![0u8; pad as usize];
+    let n = padding.len();
+    padding[n - 2..].copy_from_slice(&(pad as u16).to_le_bytes());
+    w.write_all(&padding).map_err(io)?;
+    let digest = w.sha.finalize();
+    let mut inner = w.inner;
+    inner.write_all(&digest).map_err(io)?;
+    inner.flush().map_err(io)?;
+    Ok((w.len + digest.len() as u64, info.revision))
+}
+
+fn stream_file(
+    path: &std::path::Path,
+    size: u64,
+    header: Option<quorate_proto::etcdserverpb::ResponseHeader>,
+    tx: tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(Status::internal(format!("snapshot: {e}"))));
+            return;
+        }
+    };
+    let mut remaining = size;
+    let mut first = true;
+    loop {
+        let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+        let n = match file.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::internal(format!("snapshot: {e}"))));
+                return;
+            }
+        };
+        buf.truncate(n);
+        remaining = remaining.saturating_sub(n as u64);
+        let msg = SnapshotResponse {
+            header: if first { header } else { None },
+            remaining_bytes: remaining,
+            blob: buf,
+            version: String::new(),
+        };
+        first = false;
+        if tx.blocking_send(Ok(msg)).is_err() {
+            return;
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
@@ -79,15 +215,40 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(unimplemented("Maintenance.Defragment"))
+        self.core.defragment().await?;
+        Ok(Response::new(DefragmentResponse {
+            header: self.core.header(self.revision()?),
+        }))
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(unimplemented("Maintenance.Hash"))
+        let store = self.core.store.get();
+        let (hash, _, rev) = tokio::task::spawn_blocking(move || keyspace_hash(&store, 0))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(HashResponse {
+            header: self.core.header(rev),
+            hash,
+        }))
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        Err(unimplemented("Maintenance.HashKV"))
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let at = req.into_inner().revision;
+        let store = self.core.store.get();
+        let (hash, compact_revision, rev) =
+            tokio::task::spawn_blocking(move || keyspace_hash(&store, at))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        let current = self.revision()?;
+        Ok(Response::new(HashKvResponse {
+            header: self.core.header(current),
+            hash,
+            compact_revision,
+            hash_revision: rev,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;
@@ -96,7 +257,29 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("Maintenance.Snapshot"))
+        let store = self.core.store.get();
+        let dir = self.core.config.data_dir.join("member").join("snap");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = dir.join(format!("save-{nanos}.tmp"));
+        let written = path.clone();
+        // A consistent copy is written to disk first (bounded memory, and
+        // the total size is known for `remaining_bytes`), then streamed.
+        let (size, revision) =
+            tokio::task::spawn_blocking(move || write_snapshot_file(&store, &written))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        let header = self.core.header(revision);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            stream_file(&path, size, header, tx);
+            let _ = std::fs::remove_file(&path);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(
