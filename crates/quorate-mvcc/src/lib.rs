@@ -24,7 +24,10 @@ mod store;
 pub use error::MvccError;
 pub use keys::KeyRange;
 pub use quorate_proto::mvccpb::KeyValue;
-pub use snapshot::{read_snapshot_info, SnapshotInfo, MAX_FRAME_BYTES, SNAPSHOT_FORMAT_VERSION};
+pub use snapshot::{
+    open_snapshot_file, read_snapshot_info, SnapshotEnvelope, SnapshotInfo, MAX_FRAME_BYTES,
+    SNAPSHOT_FORMAT_VERSION,
+};
 pub use store::{
     AppliedIndex, RangeOptions, RangeResult, ReadTxn, Revision, Store, StoreOptions, WriteTxn,
     FORMAT_VERSION,

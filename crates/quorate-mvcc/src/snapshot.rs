@@ -1023,3 +1023,72 @@ mod tests {
         assert_eq!(dump(&dst).0, bytes);
     }
 }
+
+/// How a snapshot file was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotEnvelope {
+    /// As `Maintenance.Snapshot` streams it (and `etcdctl snapshot save`
+    /// saves it): the snapshot, padding to a multiple of 512 bytes ending
+    /// with the padding length (u16 LE), then the SHA-256 of all before it.
+    EtcdChecksummed,
+    /// The bare snapshot stream.
+    Bare,
+}
+
+const ENVELOPE_HASH_LEN: u64 = 32;
+
+/// Opens a snapshot file and returns a reader over the snapshot stream in
+/// it. An etcd-style file's SHA-256 is verified first, unless
+/// `skip_hash_check`; a mismatch is `Corrupt`.
+pub fn open_snapshot_file(
+    path: &Path,
+    skip_hash_check: bool,
+) -> Result<(io::Take<io::BufReader<std::fs::File>>, SnapshotEnvelope), MvccError> {
+    use std::io::{Seek, SeekFrom};
+    let io_err = |e: io::Error| MvccError::Storage(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    let checksummed = len >= ENVELOPE_HASH_LEN + 2 && (len - ENVELOPE_HASH_LEN) % 512 == 0;
+    if !checksummed {
+        file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        return Ok((io::BufReader::new(file).take(len), SnapshotEnvelope::Bare));
+    }
+    let content_len = len - ENVELOPE_HASH_LEN;
+    if !skip_hash_check {
+        let mut sha = Sha256::new();
+        let mut reader = io::BufReader::new(&mut file).take(content_len);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+        }
+        let mut stored = [0u8; 32];
+        file.seek(SeekFrom::Start(content_len)).map_err(io_err)?;
+        file.read_exact(&mut stored).map_err(io_err)?;
+        if sha.finalize().as_slice() != stored {
+            return Err(MvccError::Corrupt(format!(
+                "{}: SHA-256 mismatch: the file is truncated or damaged",
+                path.display()
+            )));
+        }
+    }
+    let mut pad = [0u8; 2];
+    file.seek(SeekFrom::Start(content_len - 2))
+        .map_err(io_err)?;
+    file.read_exact(&mut pad).map_err(io_err)?;
+    let pad = u64::from(u16::from_le_bytes(pad));
+    if !(2..=513).contains(&pad) || pad > content_len {
+        return Err(MvccError::Corrupt(format!(
+            "{}: not a Quorate snapshot (bad padding)",
+            path.display()
+        )));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    Ok((
+        io::BufReader::new(file).take(content_len - pad),
+        SnapshotEnvelope::EtcdChecksummed,
+    ))
+}

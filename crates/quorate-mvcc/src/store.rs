@@ -754,6 +754,16 @@ impl WriteTxn {
         Ok(())
     }
 
+    /// Moves the store revision forward by `by` without writing keys (for a
+    /// restore that must stay ahead of revisions clients have seen).
+    pub fn bump_revision(&mut self, by: i64) -> Result<i64, MvccError> {
+        let new = self.revision().saturating_add(by.max(0));
+        self.revision = new;
+        let mut meta = self.txn.open_table(META)?;
+        meta.insert(META_REVISION, new.to_le_bytes().as_slice())?;
+        Ok(new)
+    }
+
     /// Key lease attachments changed since the last call.
     pub fn take_lease_changes(&mut self) -> Vec<(Vec<u8>, i64, i64)> {
         std::mem::take(&mut self.lease_changes)

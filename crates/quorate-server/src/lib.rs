@@ -18,6 +18,7 @@ pub mod error;
 pub mod identity;
 pub mod lessor;
 pub mod membership;
+pub mod offline;
 mod peer;
 mod raft_loop;
 mod replica;
