@@ -1048,7 +1048,7 @@ pub fn open_snapshot_file(
     let io_err = |e: io::Error| MvccError::Storage(format!("{}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
-    let checksummed = len >= ENVELOPE_HASH_LEN + 2 && (len - ENVELOPE_HASH_LEN) % 512 == 0;
+    let checksummed = len >= ENVELOPE_HASH_LEN + 2 && (len - ENVELOPE_HASH_LEN).is_multiple_of(512);
     if !checksummed {
         file.seek(SeekFrom::Start(0)).map_err(io_err)?;
         return Ok((io::BufReader::new(file).take(len), SnapshotEnvelope::Bare));
