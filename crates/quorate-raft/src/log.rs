@@ -247,6 +247,46 @@ impl DurableLog {
         Ok(())
     }
 
+    /// For `--force-new-cluster`: the log restarts at `index` (the state
+    /// machine's applied position) with this member as the only voter.
+    /// Entries after `index`, committed or not, are dropped.
+    pub fn force_single_voter(&mut self, id: u64, index: u64, term: u64) -> Result<(), LogError> {
+        let cs = ConfState {
+            voters: vec![id],
+            ..Default::default()
+        };
+        let mut hs = self.mem.rl().hard_state().clone();
+        hs.commit = index;
+        hs.term = hs.term.max(term);
+        hs.vote = 0;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(ENTRIES)?;
+            let all: Vec<u64> = table
+                .iter()?
+                .map(|e| e.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            for k in all {
+                table.remove(k)?;
+            }
+            let mut st = txn.open_table(STATE)?;
+            st.insert(SNAPSHOT_META, encode_pair(index, term).as_slice())?;
+            st.insert(CONF_STATE, cs.write_to_bytes()?.as_slice())?;
+            st.insert(HARD_STATE, hs.write_to_bytes()?.as_slice())?;
+        }
+        txn.commit()?;
+        let mem = MemStorage::new();
+        {
+            let mut core = mem.wl();
+            let mut snap = Snapshot::default();
+            snap.set_metadata(snapshot_metadata(index, term, cs));
+            core.apply_snapshot(snap)?;
+            core.set_hardstate(hs);
+        }
+        self.mem = mem;
+        Ok(())
+    }
+
     /// Discards entries before `index` (they are covered by the state
     /// machine). Not fsynced by itself: losing it in a crash only keeps more.
     pub fn compact(&mut self, index: u64) -> Result<(), LogError> {

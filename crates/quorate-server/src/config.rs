@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     /// Applied entries between Raft log compactions.
     pub snapshot_count: u64,
+    /// Restart this member as the only member of its cluster, keeping its data.
+    pub force_new_cluster: bool,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
@@ -56,6 +58,7 @@ impl ServerConfig {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             snapshot_count: 10_000,
+            force_new_cluster: false,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,

@@ -62,13 +62,19 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         .with_context(|| format!("cannot open data dir {}", cfg.data_dir.display()))?;
     let mut log = DurableLog::open(&dirs.raft)
         .with_context(|| format!("cannot open data dir {}", cfg.data_dir.display()))?;
-    let (member_id, cluster_id, membership) = match load_identity(&store)? {
+    let (member_id, cluster_id, mut membership) = match load_identity(&store)? {
         Some(found) => {
             info!("restarting member from its data dir; bootstrap flags are ignored");
             found
         }
+        None if cfg.force_new_cluster => {
+            bail!("--force-new-cluster needs the data dir of an existing member")
+        }
         None => bootstrap(&cfg, &store, &mut log).await?,
     };
+    if cfg.force_new_cluster {
+        force_new_cluster(&store, &mut log, member_id, &mut membership)?;
+    }
     if membership.removed.contains(&member_id.0) {
         bail!("{}", peer::REMOVED_MESSAGE);
     }
@@ -356,6 +362,44 @@ fn load_identity(store: &Store) -> anyhow::Result<Option<(MemberId, ClusterId, M
         None => MembershipState::default(),
     };
     Ok(Some((MemberId(m), ClusterId(c), membership)))
+}
+
+/// `--force-new-cluster`: this member becomes the only member of its
+/// cluster, with its data and IDs; every other member is removed for good
+/// and entries it had not applied are dropped (as etcd does).
+fn force_new_cluster(
+    store: &Store,
+    log: &mut DurableLog,
+    member_id: MemberId,
+    membership: &mut MembershipState,
+) -> anyhow::Result<()> {
+    let others: Vec<String> = membership
+        .members
+        .iter()
+        .filter(|m| m.id != member_id.0)
+        .map(|m| format!("{} ({:x})", m.name, m.id))
+        .collect();
+    warn!(
+        "--force-new-cluster: starting as the ONLY member of the cluster; removing {} other member(s): {}. \
+         Their data dirs must never be started again; grow the cluster back with member add.",
+        others.len(),
+        others.join(", ")
+    );
+    for m in membership.members.iter().filter(|m| m.id != member_id.0) {
+        if !membership.removed.contains(&m.id) {
+            membership.removed.push(m.id);
+        }
+    }
+    membership.members.retain(|m| m.id == member_id.0);
+    for m in &mut membership.members {
+        m.is_learner = false;
+    }
+    let applied = store.applied_index()?;
+    log.force_single_voter(member_id.0, applied.index, applied.term.max(1))?;
+    let mut w = store.write()?;
+    w.set_external_meta(META_MEMBERSHIP, &membership::encode(membership))?;
+    w.commit(true)?;
+    Ok(())
 }
 
 /// First start on an empty data dir: found a new cluster, or join one.

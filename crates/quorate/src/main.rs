@@ -135,6 +135,12 @@ struct Flags {
     #[arg(long, env = "QUORATE_ELECTION_TIMEOUT", default_value_t = 1000)]
     election_timeout: u64,
 
+    /// Restart as the only member of the cluster, keeping this member's data
+    /// (disaster recovery after losing a majority). Dangerous if the other
+    /// members are still alive.
+    #[arg(long, env = "QUORATE_FORCE_NEW_CLUSTER")]
+    force_new_cluster: bool,
+
     /// Number of committed transactions between Raft log compactions.
     #[arg(long, env = "QUORATE_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
@@ -185,6 +191,7 @@ impl Flags {
         cfg.heartbeat_interval_ms = self.heartbeat_interval;
         cfg.election_timeout_ms = self.election_timeout;
         cfg.snapshot_count = self.snapshot_count;
+        cfg.force_new_cluster = self.force_new_cluster;
         cfg.watch_progress_notify_interval_ms =
             self.experimental_watch_progress_notify_interval.as_millis() as u64;
         cfg.max_request_bytes = self.max_request_bytes;
