@@ -8,10 +8,10 @@
 
 use quorate_mvcc::{KeyRange, KeyValue, MvccError, RangeOptions, RangeResult, ReadTxn, WriteTxn};
 use quorate_proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
-    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse, LeaseRevokeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse,
+    compare, range_request, request_op, response_op, AlarmResponse, CompactionRequest,
+    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use quorate_proto::quoratepb::internal_request::Request;
 
@@ -65,6 +65,7 @@ pub enum WriteResponse {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    Alarm(AlarmResponse),
 }
 
 fn header(revision: i64) -> Option<ResponseHeader> {
@@ -174,7 +175,7 @@ pub fn apply_write(w: &mut WriteTxn, req: &Request) -> Result<WriteResponse, Api
         }
         // Membership entries and revocations are applied by the replica,
         // which holds what they need.
-        Request::MemberAttributes(_) | Request::LeaseRevoke(_) => {
+        Request::MemberAttributes(_) | Request::LeaseRevoke(_) | Request::Alarm(_) => {
             return Err(ApiError::Internal(
                 "entry kind not applied on the KV path".into(),
             ))
@@ -209,6 +210,10 @@ fn with_revision(resp: WriteResponse, revision: i64) -> WriteResponse {
         WriteResponse::LeaseRevoke(mut r) => {
             r.header = header(revision);
             WriteResponse::LeaseRevoke(r)
+        }
+        WriteResponse::Alarm(mut r) => {
+            r.header = header(revision);
+            WriteResponse::Alarm(r)
         }
     }
 }
@@ -438,6 +443,26 @@ pub fn apply_revoke(
     Ok(WriteResponse::LeaseRevoke(LeaseRevokeResponse {
         header: header(revision),
     }))
+}
+
+/// Whether a write adds data (refused while the NOSPACE alarm is raised;
+/// deletes and compaction are what frees space, so they go through).
+pub fn adds_data(req: &Request) -> bool {
+    fn txn_puts(t: &TxnRequest) -> bool {
+        t.success
+            .iter()
+            .chain(t.failure.iter())
+            .any(|op| match &op.request {
+                Some(request_op::Request::RequestPut(_)) => true,
+                Some(request_op::Request::RequestTxn(n)) => txn_puts(n),
+                _ => false,
+            })
+    }
+    match req {
+        Request::Put(_) | Request::LeaseGrant(_) => true,
+        Request::Txn(t) => txn_puts(t),
+        _ => false,
+    }
 }
 
 /// A txn with no writes is served like a read, without sequencing.

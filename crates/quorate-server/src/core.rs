@@ -34,6 +34,7 @@ pub struct Core {
     pub request_timeout: Duration,
     pub lessor: Arc<crate::lessor::Lessor>,
     pub lease_keys: Arc<crate::lessor::LeaseKeys>,
+    pub alarms: Arc<RwLock<Vec<quorate_proto::etcdserverpb::AlarmMember>>>,
 }
 
 impl Core {
@@ -81,11 +82,68 @@ impl Core {
         self.raft_tx.send(cmd).await.map_err(|_| ApiError::Stopped)
     }
 
+    pub fn alarms(&self) -> Vec<quorate_proto::etcdserverpb::AlarmMember> {
+        match self.alarms.read() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// etcd's quota: while a NOSPACE alarm is raised, or once the backend
+    /// is over `--quota-backend-bytes` (which raises it), writes that add
+    /// data are refused; reads, deletes and compaction go on.
+    fn check_quota(&self, request: &Request) -> Result<(), ApiError> {
+        use quorate_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+        if !crate::apply::adds_data(request) {
+            return Ok(());
+        }
+        let nospace = AlarmType::Nospace as i32;
+        if self.alarms().iter().any(|a| a.alarm == nospace) {
+            return Err(ApiError::NoSpace);
+        }
+        if self.store.get().file_size() > self.config.quota_backend_bytes {
+            let (respond, _rx) = oneshot::channel();
+            let _ = self.raft_tx.try_send(Command::Propose {
+                request: Request::Alarm(AlarmRequest {
+                    action: AlarmAction::Activate as i32,
+                    member_id: self.member_id.0,
+                    alarm: nospace,
+                }),
+                respond,
+            });
+            tracing::warn!(
+                quota = self.config.quota_backend_bytes,
+                "backend is over its quota: raising the NOSPACE alarm"
+            );
+            return Err(ApiError::NoSpace);
+        }
+        Ok(())
+    }
+
     /// Replicates a write and waits until it is applied here.
     pub async fn propose(&self, request: Request) -> Result<WriteResponse, ApiError> {
         self.refuse_on_learner()?;
+        self.check_quota(&request)?;
         let (respond, rx) = oneshot::channel();
         self.send(Command::Propose { request, respond }).await?;
+        match rx.await.map_err(|_| ApiError::Stopped)? {
+            Applied::Write(r) => r,
+            Applied::Membership(_) => Err(ApiError::Internal("unexpected membership reply".into())),
+        }
+    }
+
+    /// Raises or clears an alarm (not refused by the quota: disarming is
+    /// how writes come back).
+    pub async fn propose_alarm(
+        &self,
+        req: quorate_proto::etcdserverpb::AlarmRequest,
+    ) -> Result<WriteResponse, ApiError> {
+        let (respond, rx) = oneshot::channel();
+        self.send(Command::Propose {
+            request: Request::Alarm(req),
+            respond,
+        })
+        .await?;
         match rx.await.map_err(|_| ApiError::Stopped)? {
             Applied::Write(r) => r,
             Applied::Membership(_) => Err(ApiError::Internal("unexpected membership reply".into())),

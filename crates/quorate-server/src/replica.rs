@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use prost::Message as _;
 use protobuf::Message as _;
 use quorate_mvcc::{AppliedIndex, Store, StoreOptions};
-use quorate_proto::etcdserverpb::Member;
+use quorate_proto::etcdserverpb::{
+    alarm_request, AlarmMember, AlarmRequest, AlarmResponse, AlarmType, Member,
+};
 use quorate_proto::quoratepb::{
     internal_request::Request, ConfChangeContext, InternalRequest, MembershipState,
 };
@@ -92,6 +94,8 @@ pub struct Replica {
     pub lease_keys: Arc<LeaseKeys>,
     /// Added to every lease's TTL when this member becomes leader.
     pub lease_extend: std::time::Duration,
+    /// Raised alarms (replicated), for the API's quota checks and Status.
+    pub alarms: Arc<RwLock<Vec<AlarmMember>>>,
     applied: u64,
 }
 
@@ -106,6 +110,7 @@ impl Replica {
         let applied = store.get().applied_index()?.index;
         let (applied_tx, _) = watch::channel(applied);
         let (revision_tx, _) = watch::channel(store.get().read()?.revision());
+        let alarms = load_alarms(&store.get())?;
         let lease_keys = Arc::new(LeaseKeys::default());
         lease_keys.rebuild(store.get().read()?.leased_keys()?);
         Ok(Replica {
@@ -124,6 +129,7 @@ impl Replica {
             lessor: Arc::new(Lessor::default()),
             lease_keys,
             lease_extend: std::time::Duration::ZERO,
+            alarms: Arc::new(RwLock::new(alarms)),
             applied,
         })
     }
@@ -151,6 +157,56 @@ impl Replica {
             Err(p) => *p.into_inner() = state,
         }
     }
+}
+
+const META_ALARMS: &str = "alarms";
+
+fn encode_alarms(alarms: &[AlarmMember]) -> Vec<u8> {
+    AlarmResponse {
+        header: None,
+        alarms: alarms.to_vec(),
+    }
+    .encode_to_vec()
+}
+
+fn load_alarms(store: &Store) -> Result<Vec<AlarmMember>, ApiError> {
+    match store.get_external_meta(META_ALARMS)? {
+        None => Ok(Vec::new()),
+        Some(b) => AlarmResponse::decode(b.as_slice())
+            .map(|r| r.alarms)
+            .map_err(|e| ApiError::Internal(format!("stored alarms do not decode: {e}"))),
+    }
+}
+
+/// ACTIVATE adds the member's alarm (once); DEACTIVATE removes it. The
+/// response lists the alarms that changed, as etcd's does.
+fn apply_alarm(alarms: &mut Vec<AlarmMember>, req: &AlarmRequest) -> WriteResponse {
+    let target = AlarmMember {
+        member_id: req.member_id,
+        alarm: req.alarm,
+    };
+    let changed = match alarm_request::AlarmAction::try_from(req.action) {
+        Ok(alarm_request::AlarmAction::Activate) => {
+            if req.alarm != AlarmType::None as i32 && !alarms.contains(&target) {
+                alarms.push(target);
+            }
+            vec![target]
+        }
+        Ok(alarm_request::AlarmAction::Deactivate) => {
+            let before = alarms.len();
+            alarms.retain(|a| a != &target);
+            if alarms.len() < before {
+                vec![target]
+            } else {
+                vec![]
+            }
+        }
+        _ => vec![],
+    };
+    WriteResponse::Alarm(AlarmResponse {
+        header: None,
+        alarms: changed,
+    })
 }
 
 /// Applies one configuration change to the membership list. Returns an error
@@ -199,6 +255,11 @@ impl StateMachine for Replica {
         let mut membership = self.membership_snapshot();
         let mut membership_changed = false;
         let mut granted: Vec<(i64, i64)> = Vec::new();
+        let mut alarms = match self.alarms.read() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let mut alarms_changed = false;
         let mut revoked: Vec<i64> = Vec::new();
         let mut last = AppliedIndex {
             index: self.applied,
@@ -230,6 +291,11 @@ impl StateMachine for Replica {
                                         None => Err(ApiError::MemberNotFound),
                                     };
                                     answers.push((req.id, Applied::Membership(result)));
+                                }
+                                Some(Request::Alarm(a)) => {
+                                    let result = apply_alarm(&mut alarms, &a);
+                                    alarms_changed = true;
+                                    answers.push((req.id, Applied::Write(Ok(result))));
                                 }
                                 Some(Request::LeaseRevoke(rv)) => {
                                     let keys = self.lease_keys.keys_of(rv.id);
@@ -307,6 +373,10 @@ impl StateMachine for Replica {
                 w.set_external_meta(META_MEMBERSHIP, &membership::encode(&membership))
                     .map_err(|e| fail(e.into()))?;
             }
+            if alarms_changed {
+                w.set_external_meta(META_ALARMS, &encode_alarms(&alarms))
+                    .map_err(|e| fail(e.into()))?;
+            }
             w.set_applied(last).map_err(|e| fail(e.into()))?;
             let revision = w.revision();
             w.commit(true).map_err(|e| fail(e.into()))?;
@@ -320,6 +390,12 @@ impl StateMachine for Replica {
                 self.set_membership(membership);
             }
             let _ = self.applied_tx.send(self.applied);
+        }
+        if alarms_changed {
+            match self.alarms.write() {
+                Ok(mut a) => *a = alarms,
+                Err(p) => *p.into_inner() = alarms,
+            }
         }
         for (id, ttl) in granted {
             self.lessor.granted(id, ttl);
@@ -402,6 +478,11 @@ impl Replica {
         self.lease_keys
             .rebuild(read.leased_keys().map_err(|e| e.to_string())?);
         drop(read);
+        let alarms = load_alarms(&store).map_err(|e| e.to_string())?;
+        match self.alarms.write() {
+            Ok(mut a) => *a = alarms,
+            Err(p) => *p.into_inner() = alarms,
+        }
         self.store.replace(store);
         self.applied = applied;
         self.set_membership(membership);

@@ -105,6 +105,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
     replica.lease_extend = Duration::from_millis(cfg.election_timeout_ms);
     let lessor = replica.lessor.clone();
     let lease_keys = replica.lease_keys.clone();
+    let alarms = replica.alarms.clone();
     let view = replica.view.clone();
     let membership = replica.membership.clone();
     let applied_rx = replica.applied_tx.subscribe();
@@ -195,6 +196,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         request_timeout,
         lessor,
         lease_keys,
+        alarms,
     });
     tokio::spawn(crate::api::lease::expire_leases(
         core.clone(),

@@ -46,14 +46,6 @@ impl KvService {
         Ok(())
     }
 
-    /// Writes that add data are refused while the backend is over quota.
-    fn check_quota(&self) -> Result<(), ApiError> {
-        if self.core.store.get().file_size() > self.core.config.quota_backend_bytes {
-            return Err(ApiError::NoSpace);
-        }
-        Ok(())
-    }
-
     async fn write(&self, w: Write) -> Result<WriteResponse, Status> {
         Ok(self.core.propose(w).await?)
     }
@@ -99,7 +91,6 @@ impl Kv for KvService {
         self.check_message_size(req.encoded_len())?;
         validate::check_put(&req)?;
         self.check_size(req.encoded_len())?;
-        self.check_quota()?;
         match self.write(Write::Put(req)).await? {
             WriteResponse::Put(mut r) => {
                 let rev = r.header.as_ref().map_or(0, |h| h.revision);
@@ -139,7 +130,6 @@ impl Kv for KvService {
             self.read(move |s| apply::read_only_txn(s, &req)).await?
         } else {
             self.check_size(req.encoded_len())?;
-            self.check_quota()?;
             match self.write(Write::Txn(req)).await? {
                 WriteResponse::Txn(r) => r,
                 _ => return Err(unexpected()),

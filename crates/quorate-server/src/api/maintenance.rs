@@ -15,6 +15,7 @@ use quorate_proto::etcdserverpb::{
 use tonic::{Request, Response, Status};
 
 use super::unimplemented;
+use crate::apply::WriteResponse;
 use crate::core::{Core, ETCD_API_VERSION};
 use crate::error::ApiError;
 
@@ -174,15 +175,21 @@ fn stream_file(
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarm can be raised yet: GET and DEACTIVATE see an empty list.
-        match alarm_request::AlarmAction::try_from(req.into_inner().action) {
-            Ok(alarm_request::AlarmAction::Get) | Ok(alarm_request::AlarmAction::Deactivate) => {
-                Ok(Response::new(AlarmResponse {
-                    header: self.core.header(self.revision()?),
-                    alarms: vec![],
-                }))
-            }
-            _ => Err(unimplemented("Maintenance.Alarm(ACTIVATE)")),
+        let req = req.into_inner();
+        match alarm_request::AlarmAction::try_from(req.action) {
+            Ok(alarm_request::AlarmAction::Get) => Ok(Response::new(AlarmResponse {
+                header: self.core.header(self.revision()?),
+                alarms: self.core.alarms(),
+            })),
+            Ok(_) => match self.core.propose_alarm(req).await? {
+                WriteResponse::Alarm(mut r) => {
+                    let rev = r.header.as_ref().map_or(0, |h| h.revision);
+                    r.header = self.core.header(rev);
+                    Ok(Response::new(r))
+                }
+                _ => Err(Status::internal("etcdserver: unexpected response type")),
+            },
+            Err(_) => Err(Status::invalid_argument("etcdserver: unknown alarm action")),
         }
     }
 
@@ -202,7 +209,17 @@ impl Maintenance for MaintenanceService {
             raft_index: view.commit.load(Ordering::Relaxed),
             raft_term: view.term.load(Ordering::Relaxed),
             raft_applied_index: self.core.applied_index(),
-            errors: vec![],
+            errors: self
+                .core
+                .alarms()
+                .iter()
+                .map(|a| {
+                    let name = quorate_proto::etcdserverpb::AlarmType::try_from(a.alarm)
+                        .map(|t| t.as_str_name().to_string())
+                        .unwrap_or_else(|_| a.alarm.to_string());
+                    format!("memberID:{} alarm:{name} ", a.member_id)
+                })
+                .collect(),
             db_size_in_use: in_use as i64,
             is_learner: self.core.is_learner(),
             storage_version: String::new(),
