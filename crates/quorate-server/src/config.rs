@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// Restart this member as the only member of its cluster, keeping its data.
     pub force_new_cluster: bool,
+    /// Automatic snapshots taken by the leader; None disables them.
+    pub auto_snapshot: Option<crate::snapshot_file::AutoSnapshot>,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_backend_bytes: u64,
@@ -59,6 +61,7 @@ impl ServerConfig {
             election_timeout_ms: 1000,
             snapshot_count: 10_000,
             force_new_cluster: false,
+            auto_snapshot: None,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,

@@ -23,6 +23,7 @@ mod peer;
 mod raft_loop;
 mod replica;
 mod run;
+pub mod snapshot_file;
 mod validate;
 
 pub use config::{ClusterState, ServerConfig};

@@ -202,6 +202,19 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         core.clone(),
         stop_rx.clone(),
     ));
+    if let Some(auto) = cfg.auto_snapshot.clone() {
+        info!(
+            dir = %auto.dir.display(),
+            interval = ?auto.interval,
+            retention = auto.retention,
+            "automatic snapshots on (taken by the leader)"
+        );
+        tokio::spawn(crate::snapshot_file::auto_snapshots(
+            core.clone(),
+            auto,
+            stop_rx.clone(),
+        ));
+    }
     info!(
         name = %cfg.name,
         member_id = %member_id,

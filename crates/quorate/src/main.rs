@@ -141,6 +141,18 @@ struct Flags {
     #[arg(long, env = "QUORATE_FORCE_NEW_CLUSTER")]
     force_new_cluster: bool,
 
+    /// Take a snapshot this often on the leader (Go duration, e.g. 30m; 0 disables).
+    #[arg(long, env = "QUORATE_AUTO_SNAPSHOT_INTERVAL", default_value = "0", value_parser = parse_go_duration)]
+    auto_snapshot_interval: std::time::Duration,
+
+    /// Where automatic snapshots go (default: <data-dir>-snapshots, beside the data dir).
+    #[arg(long, env = "QUORATE_AUTO_SNAPSHOT_DIR")]
+    auto_snapshot_dir: Option<PathBuf>,
+
+    /// How many automatic snapshots to keep (the newest).
+    #[arg(long, env = "QUORATE_AUTO_SNAPSHOT_RETENTION", default_value_t = 5)]
+    auto_snapshot_retention: usize,
+
     /// Number of committed transactions between Raft log compactions.
     #[arg(long, env = "QUORATE_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
@@ -192,6 +204,18 @@ impl Flags {
         cfg.election_timeout_ms = self.election_timeout;
         cfg.snapshot_count = self.snapshot_count;
         cfg.force_new_cluster = self.force_new_cluster;
+        if !self.auto_snapshot_interval.is_zero() {
+            let dir = self.auto_snapshot_dir.unwrap_or_else(|| {
+                let mut d = cfg.data_dir.clone().into_os_string();
+                d.push("-snapshots");
+                PathBuf::from(d)
+            });
+            cfg.auto_snapshot = Some(quorate_server::snapshot_file::AutoSnapshot {
+                interval: self.auto_snapshot_interval,
+                dir,
+                retention: self.auto_snapshot_retention,
+            });
+        }
         cfg.watch_progress_notify_interval_ms =
             self.experimental_watch_progress_notify_interval.as_millis() as u64;
         cfg.max_request_bytes = self.max_request_bytes;

@@ -80,57 +80,6 @@ fn keyspace_hash(store: &quorate_mvcc::Store, at: i64) -> Result<(u32, i64, i64)
     Ok((hasher.finalize(), read.compact_revision(), rev))
 }
 
-/// Writes a snapshot as etcd clients expect it: the snapshot bytes followed
-/// by the SHA-256 of those bytes. Returns (total size, revision).
-fn write_snapshot_file(
-    store: &quorate_mvcc::Store,
-    path: &std::path::Path,
-) -> Result<(u64, i64), ApiError> {
-    use sha2::{Digest, Sha256};
-    use std::io::Write;
-    struct Hashing<W: Write> {
-        inner: W,
-        sha: Sha256,
-        len: u64,
-    }
-    impl<W: Write> Write for Hashing<W> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let n = self.inner.write(buf)?;
-            self.sha.update(&buf[..n]);
-            self.len += n as u64;
-            Ok(n)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            self.inner.flush()
-        }
-    }
-    let io = |e: std::io::Error| ApiError::Internal(format!("snapshot: {e}"));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut w = Hashing {
-        inner: std::io::BufWriter::new(file),
-        sha: Sha256::new(),
-        len: 0,
-    };
-    let read = store.read()?;
-    let info = read.write_snapshot(&mut w)?;
-    // etcd clients look for the checksum only when the content before it is
-    // a multiple of 512 bytes (a bbolt file is): pad, ending the padding with
-    // its own length (u16 LE) so a reader can strip it.
-    let pad = ((512 - (w.len + 2) % 512) % 512) + 2;
-    let mut padding = vec![0u8; pad as usize];
-    let n = padding.len();
-    padding[n - 2..].copy_from_slice(&(pad as u16).to_le_bytes());
-    w.write_all(&padding).map_err(io)?;
-    let digest = w.sha.finalize();
-    let mut inner = w.inner;
-    inner.write_all(&digest).map_err(io)?;
-    inner.flush().map_err(io)?;
-    Ok((w.len + digest.len() as u64, info.revision))
-}
-
 fn stream_file(
     path: &std::path::Path,
     size: u64,
@@ -284,10 +233,11 @@ impl Maintenance for MaintenanceService {
         let written = path.clone();
         // A consistent copy is written to disk first (bounded memory, and
         // the total size is known for `remaining_bytes`), then streamed.
-        let (size, revision) =
-            tokio::task::spawn_blocking(move || write_snapshot_file(&store, &written))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??;
+        let (size, revision) = tokio::task::spawn_blocking(move || {
+            crate::snapshot_file::write_snapshot_file(&store, &written)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         let header = self.core.header(revision);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
