@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "authpb/auth.proto",
         "etcdserverpb/rpc.proto",
         "quoratepb/internal.proto",
+        "quorate/v1/health.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed=proto/{f}");

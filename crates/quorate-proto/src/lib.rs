@@ -22,3 +22,10 @@ pub mod etcdserverpb {
 pub mod quoratepb {
     tonic::include_proto!("quoratepb");
 }
+
+/// Quorate's own API (`quorate.v1`), beside etcd's.
+pub mod quorate {
+    pub mod v1 {
+        tonic::include_proto!("quorate.v1");
+    }
+}

@@ -34,6 +34,12 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// Restart this member as the only member of its cluster, keeping its data.
     pub force_new_cluster: bool,
+    /// Refuse reconfigurations that would leave the cluster unable to reach
+    /// quorum, judged on real liveness.
+    pub strict_reconfig_check: bool,
+    pub max_learners: usize,
+    /// A member unreachable this long is warned about.
+    pub unhealthy_member_warning_ms: u64,
     /// Automatic snapshots taken by the leader; None disables them.
     pub auto_snapshot: Option<crate::snapshot_file::AutoSnapshot>,
     pub max_request_bytes: usize,
@@ -62,6 +68,9 @@ impl ServerConfig {
             snapshot_count: 10_000,
             force_new_cluster: false,
             auto_snapshot: None,
+            strict_reconfig_check: true,
+            max_learners: 1,
+            unhealthy_member_warning_ms: 60_000,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             quota_backend_bytes: 2 * 1024 * 1024 * 1024,

@@ -35,6 +35,7 @@ pub struct Core {
     pub lessor: Arc<crate::lessor::Lessor>,
     pub lease_keys: Arc<crate::lessor::LeaseKeys>,
     pub alarms: Arc<RwLock<Vec<quorate_proto::etcdserverpb::AlarmMember>>>,
+    pub liveness: Arc<crate::health::Liveness>,
 }
 
 impl Core {
@@ -203,6 +204,12 @@ impl Core {
         let (respond, rx) = oneshot::channel();
         self.send(Command::TransferLeader { to, respond }).await?;
         rx.await.map_err(|_| ApiError::Stopped)?
+    }
+
+    pub async fn all_progress(&self) -> Result<Option<crate::raft_loop::Progress>, ApiError> {
+        let (respond, rx) = oneshot::channel();
+        self.send(Command::AllProgress { respond }).await?;
+        rx.await.map_err(|_| ApiError::Stopped)
     }
 
     pub async fn learner_progress(&self, id: u64) -> Result<Option<(u64, u64)>, ApiError> {

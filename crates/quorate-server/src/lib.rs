@@ -15,6 +15,7 @@ mod apply;
 pub mod config;
 mod core;
 pub mod error;
+pub mod health;
 pub mod identity;
 pub mod lessor;
 pub mod membership;

@@ -61,6 +61,7 @@ pub struct PeerContext {
     pub fatal_tx: tokio::sync::watch::Sender<Option<String>>,
     pub runtime: tokio::runtime::Handle,
     pub lessor: Arc<crate::lessor::Lessor>,
+    pub liveness: Arc<crate::health::Liveness>,
 }
 
 impl PeerContext {
@@ -365,6 +366,7 @@ impl RaftPeer for PeerService {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             self.admit(batch.cluster_id, batch.from)?;
+            self.ctx.liveness.heard(batch.from);
             for bytes in batch.messages {
                 match Message::parse_from_bytes(&bytes) {
                     Ok(m) => {

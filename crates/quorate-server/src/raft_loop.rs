@@ -28,6 +28,9 @@ const MAX_COMMANDS_PER_TURN: usize = 4096;
 /// History records reclaimed per compaction step between turns.
 const COMPACTION_STEP_RECORDS: usize = 1000;
 
+/// The leader's last index and every member's matched index.
+pub type Progress = (u64, Vec<(u64, u64)>);
+
 pub enum Command {
     Propose {
         request: Request,
@@ -51,6 +54,10 @@ pub enum Command {
     WaitCompacted(oneshot::Sender<()>),
     /// Rewrite the store compactly; writes wait meanwhile.
     Defragment(oneshot::Sender<Result<(), ApiError>>),
+    /// On the leader: every member's matched index, and the last index.
+    AllProgress {
+        respond: oneshot::Sender<Option<Progress>>,
+    },
     /// On the leader: a member's matched index and the leader's last index.
     Progress {
         id: u64,
@@ -250,6 +257,15 @@ impl RaftLoop {
             Command::WaitCompacted(w) => {
                 self.compaction_waiters.push(w);
                 self.node.state_machine_mut().compaction_pending = true;
+            }
+            Command::AllProgress { respond } => {
+                let last = self.node.last_index();
+                let all = self.node.status().progress.map(|p| {
+                    p.iter()
+                        .map(|(id, pr)| (*id, pr.matched))
+                        .collect::<Vec<_>>()
+                });
+                let _ = respond.send(all.map(|a| (last, a)));
             }
             Command::Progress { id, respond } => {
                 let last = self.node.last_index();

@@ -15,6 +15,7 @@ use quorate_proto::etcdserverpb::kv_server::KvServer;
 use quorate_proto::etcdserverpb::lease_server::LeaseServer;
 use quorate_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use quorate_proto::etcdserverpb::watch_server::WatchServer;
+use quorate_proto::quorate::v1::cluster_health_server::ClusterHealthServer;
 use quorate_proto::quoratepb::raft_peer_server::RaftPeerServer;
 use quorate_proto::quoratepb::MembershipState;
 use quorate_raft::{discard_logger, DurableLog, Node, NodeConfig};
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::api::health::HealthService;
 use crate::api::lease::LeaseService;
 use crate::api::watch::WatchService;
 use crate::api::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService};
@@ -106,6 +108,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
     let lessor = replica.lessor.clone();
     let lease_keys = replica.lease_keys.clone();
     let alarms = replica.alarms.clone();
+    let liveness = Arc::new(crate::health::Liveness::default());
     let view = replica.view.clone();
     let membership = replica.membership.clone();
     let applied_rx = replica.applied_tx.subscribe();
@@ -123,6 +126,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         fatal_tx: fatal_tx.clone(),
         runtime: tokio::runtime::Handle::current(),
         lessor: lessor.clone(),
+        liveness: liveness.clone(),
     };
     let heartbeat = cfg.heartbeat_interval_ms.max(1);
     let mut node_cfg = NodeConfig::new(member_id.0);
@@ -197,7 +201,12 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         lessor,
         lease_keys,
         alarms,
+        liveness,
     });
+    tokio::spawn(crate::api::health::warn_unhealthy(
+        core.clone(),
+        stop_rx.clone(),
+    ));
     tokio::spawn(crate::api::lease::expire_leases(
         core.clone(),
         stop_rx.clone(),
@@ -231,6 +240,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .max_decoding_message_size(max_msg);
         let lease =
             LeaseServer::new(LeaseService::new(core.clone())).max_decoding_message_size(max_msg);
+        let health = ClusterHealthServer::new(HealthService::new(core.clone()));
         let watch_svc = WatchServer::new(WatchService::new(
             core.clone(),
             revision_rx.clone(),
@@ -244,6 +254,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
             .add_service(cluster)
             .add_service(watch_svc)
             .add_service(lease)
+            .add_service(health)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop.wait_for(|s| *s).await;
             });

@@ -153,6 +153,19 @@ struct Flags {
     #[arg(long, env = "QUORATE_AUTO_SNAPSHOT_RETENTION", default_value_t = 5)]
     auto_snapshot_retention: usize,
 
+    /// Refuse reconfigurations that would leave the cluster unable to reach
+    /// quorum, judged on real liveness (--strict-reconfig-check=false disables).
+    #[arg(long, env = "QUORATE_STRICT_RECONFIG_CHECK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    strict_reconfig_check: bool,
+
+    /// Most learners the cluster may have at once.
+    #[arg(long, env = "QUORATE_MAX_LEARNERS", default_value_t = 1)]
+    max_learners: usize,
+
+    /// Warn (log and health service) about a member unreachable this long (Go duration).
+    #[arg(long, env = "QUORATE_UNHEALTHY_MEMBER_WARNING", default_value = "1m", value_parser = parse_go_duration)]
+    unhealthy_member_warning: std::time::Duration,
+
     /// Number of committed transactions between Raft log compactions.
     #[arg(long, env = "QUORATE_SNAPSHOT_COUNT", default_value_t = 10_000)]
     snapshot_count: u64,
@@ -204,6 +217,9 @@ impl Flags {
         cfg.election_timeout_ms = self.election_timeout;
         cfg.snapshot_count = self.snapshot_count;
         cfg.force_new_cluster = self.force_new_cluster;
+        cfg.strict_reconfig_check = self.strict_reconfig_check;
+        cfg.max_learners = self.max_learners;
+        cfg.unhealthy_member_warning_ms = self.unhealthy_member_warning.as_millis() as u64;
         if !self.auto_snapshot_interval.is_zero() {
             let dir = self.auto_snapshot_dir.unwrap_or_else(|| {
                 let mut d = cfg.data_dir.clone().into_os_string();

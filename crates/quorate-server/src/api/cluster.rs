@@ -18,11 +18,10 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Core;
 use crate::error::ApiError;
+use crate::health;
 use crate::identity;
 use crate::membership::validate_peer_url;
 
-/// etcd's default: at most one learner at a time.
-pub const MAX_LEARNERS: usize = 1;
 /// A learner may be promoted once it has 90% of the leader's log (etcd).
 const PROMOTE_READY_PERCENT: u64 = 90;
 
@@ -55,16 +54,33 @@ impl ClusterService {
         (cc, request_id)
     }
 
-    async fn forward_promote(&self, id: u64) -> Result<MemberPromoteResponse, Status> {
+    /// A client for the leader's Cluster service, for requests only the
+    /// leader can judge (it alone knows every member's liveness and lag).
+    async fn leader_client(&self) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
         let urls = self.core.leader_client_urls();
         let url = urls.first().ok_or(ApiError::NoLeader)?;
-        let mut client = ClusterClient::connect(url.clone())
+        ClusterClient::connect(url.clone())
             .await
-            .map_err(|e| Status::unavailable(format!("cannot reach the leader at {url}: {e}")))?;
-        Ok(client
-            .member_promote(MemberPromoteRequest { id })
-            .await?
-            .into_inner())
+            .map_err(|e| Status::unavailable(format!("cannot reach the leader at {url}: {e}")))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.core.leader() == self.core.member_id.0
+    }
+
+    /// The strict reconfiguration check, on the leader's live view.
+    async fn check(&self, change: health::Change<'_>) -> Result<(), Status> {
+        if !self.core.config.strict_reconfig_check {
+            return Ok(());
+        }
+        let h = crate::api::health::local_health(&self.core).await?;
+        match health::check_reconfiguration(&h, change) {
+            Some(reason) => {
+                tracing::warn!("{reason}");
+                Err(Status::failed_precondition(reason))
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -93,8 +109,20 @@ impl Cluster for ClusterService {
             return Err(ApiError::PeerUrlExists.into());
         }
         let learners = membership.members.iter().filter(|m| m.is_learner).count();
-        if req.is_learner && learners >= MAX_LEARNERS {
+        if req.is_learner && learners >= self.core.config.max_learners {
             return Err(ApiError::TooManyLearners.into());
+        }
+        if self.core.config.strict_reconfig_check && !req.is_learner {
+            if !self.is_leader() {
+                return Ok(Response::new(
+                    self.leader_client()
+                        .await?
+                        .member_add(req)
+                        .await?
+                        .into_inner(),
+                ));
+            }
+            self.check(health::Change::AddVoter).await?;
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -138,6 +166,26 @@ impl Cluster for ClusterService {
         // A removed ID is "not found" too, as etcd answers.
         if crate::membership::find(&membership, id).is_none() {
             return Err(ApiError::MemberNotFound.into());
+        }
+        if self.core.config.strict_reconfig_check {
+            if !self.is_leader() {
+                return Ok(Response::new(
+                    self.leader_client()
+                        .await?
+                        .member_remove(MemberRemoveRequest { id })
+                        .await?
+                        .into_inner(),
+                ));
+            }
+            let h = crate::api::health::local_health(&self.core).await?;
+            if let Some(target) = h.members.iter().find(|m| m.id == id) {
+                if let Some(reason) =
+                    health::check_reconfiguration(&h, health::Change::Remove { target })
+                {
+                    tracing::warn!("{reason}");
+                    return Err(Status::failed_precondition(reason));
+                }
+            }
         }
         let (cc, request_id) = self.conf_change(id, ConfChangeType::RemoveNode, None);
         let state = self.core.propose_conf_change(cc, request_id).await?;
@@ -211,7 +259,13 @@ impl Cluster for ClusterService {
         }
         if self.core.leader() != self.core.member_id.0 {
             // Only the leader knows how far the learner has come.
-            return Ok(Response::new(self.forward_promote(id).await?));
+            return Ok(Response::new(
+                self.leader_client()
+                    .await?
+                    .member_promote(MemberPromoteRequest { id })
+                    .await?
+                    .into_inner(),
+            ));
         }
         let ready = match self.core.learner_progress(id).await? {
             Some((matched, last)) => matched * 100 >= last * PROMOTE_READY_PERCENT,

@@ -7,6 +7,7 @@
 //! registered services that are not built yet do the same explicitly.
 
 pub mod cluster;
+pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
