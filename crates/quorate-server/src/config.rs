@@ -38,6 +38,7 @@ pub struct ServerConfig {
     /// quorum, judged on real liveness.
     pub strict_reconfig_check: bool,
     pub max_learners: usize,
+    pub auto_promote_learners: bool,
     /// A member unreachable this long is warned about.
     pub unhealthy_member_warning_ms: u64,
     /// Automatic snapshots taken by the leader; None disables them.
@@ -70,6 +71,7 @@ impl ServerConfig {
             auto_snapshot: None,
             strict_reconfig_check: true,
             max_learners: 1,
+            auto_promote_learners: true,
             unhealthy_member_warning_ms: 60_000,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,

@@ -71,12 +71,16 @@ pub enum Command {
 #[derive(Clone, Copy, Debug)]
 pub struct LoopTiming {
     pub tick: Duration,
+    /// Promote a learner once it has caught up (`--auto-promote-learners`).
+    pub auto_promote_learners: bool,
     /// How long a request may wait for a leader and for its entry to apply
     /// (etcd: 5 s + 2 × election timeout).
     pub request_timeout: Duration,
 }
 
 pub struct RaftLoop {
+    /// When each learner's promotion was last proposed.
+    promoting: HashMap<u64, Instant>,
     node: Node<Replica, PeerTransport>,
     rx: mpsc::Receiver<Command>,
     timing: LoopTiming,
@@ -130,6 +134,7 @@ impl RaftLoop {
     ) -> RaftLoop {
         let member_id = node.id();
         RaftLoop {
+            promoting: HashMap::new(),
             node,
             rx,
             timing,
@@ -371,8 +376,64 @@ impl RaftLoop {
         }
     }
 
+    /// On the leader: proposes the promotion of every learner that has
+    /// caught up (90% of the leader's log, etcd's readiness rule), at most
+    /// once per request timeout each.
+    fn auto_promote(&mut self) {
+        if !self.timing.auto_promote_learners || self.node.role() != StateRole::Leader {
+            return;
+        }
+        let learners = self.node.conf_state().learners;
+        if learners.is_empty() {
+            return;
+        }
+        let last = self.node.last_index();
+        let ready: Vec<u64> = match self.node.status().progress {
+            Some(p) => learners
+                .iter()
+                .filter(|id| {
+                    p.get(**id)
+                        .is_some_and(|pr| pr.recent_active && pr.matched * 100 >= last * 90)
+                })
+                .copied()
+                .collect(),
+            None => return,
+        };
+        for id in ready {
+            if self
+                .promoting
+                .get(&id)
+                .is_some_and(|t| t.elapsed() < self.timing.request_timeout)
+            {
+                continue;
+            }
+            self.promoting.insert(id, Instant::now());
+            info!(learner = %format!("{id:x}"), "learner caught up: promoting it to voter");
+            let request_id = self.next_id();
+            let ctx = quorate_proto::quoratepb::ConfChangeContext {
+                request_id,
+                member: None,
+            };
+            let mut single = quorate_raft::eraftpb::ConfChangeSingle {
+                node_id: id,
+                ..Default::default()
+            };
+            single.set_change_type(quorate_raft::eraftpb::ConfChangeType::AddNode);
+            let mut cc = ConfChangeV2::default();
+            cc.set_changes(vec![single].into());
+            cc.set_context(ctx.encode_to_vec().into());
+            let (respond, _rx) = oneshot::channel();
+            self.propose(Command::ConfChange {
+                cc,
+                request_id,
+                respond,
+            });
+        }
+    }
+
     fn tick(&mut self) {
         self.node.tick();
+        self.auto_promote();
         let now = Instant::now();
         // Retry proposals that were waiting for a leader.
         if self.node.leader_id() != 0 {

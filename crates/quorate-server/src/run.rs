@@ -145,6 +145,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
     let request_timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout_ms);
     let timing = LoopTiming {
         tick: Duration::from_millis(heartbeat),
+        auto_promote_learners: cfg.auto_promote_learners,
         request_timeout,
     };
     let raft_loop = RaftLoop::new(node, raft_rx, timing, cfg.name.clone(), client_urls.clone());

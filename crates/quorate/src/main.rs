@@ -158,6 +158,10 @@ struct Flags {
     #[arg(long, env = "QUORATE_STRICT_RECONFIG_CHECK", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     strict_reconfig_check: bool,
 
+    /// The leader promotes a learner once it has caught up (=false disables).
+    #[arg(long, env = "QUORATE_AUTO_PROMOTE_LEARNERS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    auto_promote_learners: bool,
+
     /// Most learners the cluster may have at once.
     #[arg(long, env = "QUORATE_MAX_LEARNERS", default_value_t = 1)]
     max_learners: usize,
@@ -219,6 +223,7 @@ impl Flags {
         cfg.force_new_cluster = self.force_new_cluster;
         cfg.strict_reconfig_check = self.strict_reconfig_check;
         cfg.max_learners = self.max_learners;
+        cfg.auto_promote_learners = self.auto_promote_learners;
         cfg.unhealthy_member_warning_ms = self.unhealthy_member_warning.as_millis() as u64;
         if !self.auto_snapshot_interval.is_zero() {
             let dir = self.auto_snapshot_dir.unwrap_or_else(|| {

@@ -487,3 +487,55 @@ async fn member_with_another_clusters_data_is_refused() {
     }
     drop(b);
 }
+
+/// Quorate's `--auto-promote-learners` (on by default): the leader promotes a
+/// learner by itself once it has caught up. Quorate only.
+#[tokio::test]
+async fn caught_up_learner_is_promoted_automatically() {
+    if common::Target::from_env() != common::Target::Quorate {
+        eprintln!("skipped: auto-promotion is a Quorate feature");
+        return;
+    }
+    let mut c = Cluster::start(3);
+    c.auto_promote = true;
+    // Restart the members with auto-promotion on.
+    for i in 0..3 {
+        c.restart(i);
+    }
+    let mut client = c.client_all().await;
+    for i in 0..20 {
+        client
+            .put(format!("k{i}"), "v", None)
+            .await
+            .expect("put before the learner joins");
+    }
+    let (peer, client_port) = cluster::free_port_pair();
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let added = client
+        .member_add(
+            [peer_url.clone()],
+            Some(MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .expect("add learner");
+    let id = added.member().expect("member").id();
+    let initial = format!("{},m3={peer_url}", c.initial_cluster_of(&[0, 1, 2]));
+    let m3 = c.add_member_process("m3", peer, client_port, &initial);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let list = client.member_list().await.expect("member list");
+        let learner = list
+            .members()
+            .iter()
+            .find(|m| m.id() == id)
+            .map(|m| m.is_learner());
+        if learner == Some(false) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "learner {id:x} was not promoted within 30 s (member process {m3})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -109,6 +109,9 @@ pub struct Cluster {
     pub members: Vec<Member>,
     root: PathBuf,
     tmp: Option<tempfile::TempDir>,
+    /// Quorate only: leave `--auto-promote-learners` on (off by default in
+    /// the harness, since the shared tests promote explicitly as on etcd).
+    pub auto_promote: bool,
 }
 
 /// n distinct free ports (a port may come back twice from the OS).
@@ -158,6 +161,7 @@ impl Cluster {
             members: Vec::new(),
             root: root.clone(),
             tmp: Some(tmp),
+            auto_promote: false,
         };
         for i in 0..n {
             let name = format!("m{i}");
@@ -306,6 +310,11 @@ impl Cluster {
             .stderr(Stdio::piped());
         if target == Target::Quorate {
             cmd.env("RUST_LOG", "info");
+            // The shared tests promote learners explicitly, as on etcd;
+            // auto-promotion has its own test.
+            if !self.auto_promote {
+                cmd.arg("--auto-promote-learners=false");
+            }
         }
         let mut child = cmd
             .spawn()
