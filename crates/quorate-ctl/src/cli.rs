@@ -120,6 +120,8 @@ pub enum Command {
     Endpoint(EndpointArgs),
     /// Membership related commands
     Member(MemberArgs),
+    /// Benchmark the server with put or range load (like etcd's benchmark tool)
+    Benchmark(BenchmarkArgs),
 }
 
 /// `put [options] <key> <value>`; the value is read from stdin when omitted.
@@ -281,6 +283,113 @@ pub struct MemberArgs {
 pub enum MemberCommand {
     /// Lists all members in the cluster
     List,
+}
+
+/// `benchmark [options] put|range`: etcd's `tools/benchmark` as a
+/// subcommand. The options before the load type are shared by both (and,
+/// like etcd's persistent flags, may also follow it).
+#[derive(Debug, Args)]
+pub struct BenchmarkArgs {
+    /// Total number of concurrent clients, each sending requests back to back
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Benchmark options",
+        default_value_t = 1,
+        value_name = "N"
+    )]
+    pub clients: usize,
+
+    /// Total number of gRPC connections shared by the clients (0: one per client)
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Benchmark options",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub conns: usize,
+
+    /// Stop sending requests after this long even if --total is not reached (0: no limit)
+    #[arg(long, global = true, help_heading = "Benchmark options", default_value = "0",
+          value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Use full float precision in the simple output
+    #[arg(long, global = true, help_heading = "Benchmark options", action = ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_value = "false",
+          default_missing_value = "true", value_parser = parse_bool, value_name = "BOOL")]
+    pub precise: bool,
+
+    #[command(subcommand)]
+    pub command: Option<BenchmarkCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchmarkCommand {
+    /// Benchmark put
+    Put(BenchPutArgs),
+    /// Benchmark range
+    Range(BenchRangeArgs),
+}
+
+/// `benchmark put [options]`.
+#[derive(Debug, Args)]
+pub struct BenchPutArgs {
+    /// Total number of put requests
+    #[arg(long, default_value_t = 10000, value_name = "N")]
+    pub total: u64,
+
+    /// Key size of put request
+    #[arg(long, default_value_t = 8, value_name = "BYTES")]
+    pub key_size: usize,
+
+    /// Value size of put request
+    #[arg(long, default_value_t = 8, value_name = "BYTES")]
+    pub val_size: usize,
+
+    /// Maximum possible keys
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub key_space_size: u64,
+
+    /// Use sequential keys
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = parse_bool, value_name = "BOOL")]
+    pub sequential_keys: bool,
+
+    /// Maximum puts per second (0 is no limit)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub rate: u64,
+}
+
+/// `benchmark range <key> [end] [options]`.
+#[derive(Debug, Args)]
+pub struct BenchRangeArgs {
+    #[arg(value_name = "KEY [END]", value_parser = clap::value_parser!(OsString))]
+    pub args: Vec<OsString>,
+
+    /// Total number of range requests
+    #[arg(long, default_value_t = 10000, value_name = "N")]
+    pub total: u64,
+
+    /// Linearizable(l) or Serializable(s)
+    #[arg(long, default_value = "l")]
+    pub consistency: String,
+
+    /// Maximum range requests per second (0 is no limit)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub rate: u64,
+
+    /// Maximum number of results to return from range request (0 is no limit)
+    #[arg(long, default_value = "0", value_parser = parse_i64, allow_negative_numbers = true)]
+    pub limit: i64,
+
+    /// Only returns the count of keys
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = parse_bool, value_name = "BOOL")]
+    pub count_only: bool,
 }
 
 /// The bytes of a command-line argument (keys and values may be any bytes).

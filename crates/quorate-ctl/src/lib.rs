@@ -34,12 +34,13 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
 pub fn main_with_args_os(args: Vec<OsString>) -> i32 {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
+    // Not locked for the whole run (stderr is unbuffered, so nothing else
+    // changes): `benchmark` draws its progress bar from worker threads.
     run(
         args,
         &mut stdin.lock(),
         &mut stdout.lock(),
-        &mut stderr.lock(),
+        &mut std::io::stderr(),
     )
 }
 
@@ -54,10 +55,13 @@ pub fn run(
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // One call at a time needs one thread; the load generator needs them all.
+    let mut builder = if matches!(cli.command, Some(cli::Command::Benchmark(_))) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = writeln!(stderr, "Error: {e}");
@@ -66,9 +70,22 @@ pub fn run(
     };
     let mut env = Env::new(&cli.global, stdin, Out { stdout, stderr });
     let result = runtime.block_on(async {
+        // Install the SIGINT handler before the command dials anything, so
+        // an interrupt at any moment exits with code 5.
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        let interrupted = async {
+            match interrupt.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
+            biased;
+            () = interrupted => Err(CtlError::interrupted()),
             r = commands::run(cli.command, &mut env) => r,
-            Ok(()) = tokio::signal::ctrl_c() => Err(CtlError::interrupted()),
         }
     });
     let result = result.and_then(|()| env.out.stdout.flush().map_err(CtlError::from));

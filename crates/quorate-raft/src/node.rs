@@ -81,8 +81,15 @@ pub trait StateMachine {
     /// passed to `ctx.apply_conf_change`.
     fn apply(&mut self, entries: &[Entry], ctx: &mut ApplyContext<'_>) -> Result<(), NodeError>;
 
-    /// Highest entry index whose effects are durable in the state machine.
+    /// Highest entry index applied (visible to readers).
     fn applied_index(&self) -> u64;
+
+    /// Highest entry index whose effects are durable (fsynced) in the state
+    /// machine. The log is never compacted past it, so a crash replays what
+    /// was applied but not yet durable.
+    fn durable_index(&self) -> u64 {
+        self.applied_index()
+    }
 
     /// Replaces the state machine with the snapshot's. Afterwards
     /// `applied_index() >= snapshot index`.
@@ -303,7 +310,7 @@ impl<S: StateMachine, T: Transport> Node<S, T> {
     /// Drops log entries the state machine covers, keeping a tail for
     /// followers that are only slightly behind.
     fn maybe_compact_log(&mut self) -> Result<(), NodeError> {
-        let applied = self.sm.applied_index();
+        let applied = self.sm.durable_index();
         let first = self.raw.store().first_index();
         if applied < first + self.cfg.snapshot_count {
             return Ok(());

@@ -19,6 +19,8 @@ struct State {
     primary: bool,
     /// Lease ID -> (deadline, granted TTL in seconds).
     deadlines: HashMap<i64, (Instant, i64)>,
+    /// Leases past their deadline whose revocation was proposed.
+    expiring: std::collections::HashSet<i64>,
 }
 
 #[derive(Default)]
@@ -44,6 +46,7 @@ impl Lessor {
     pub fn revoked(&self, id: i64) {
         self.with(|s| {
             s.deadlines.remove(&id);
+            s.expiring.remove(&id);
         });
     }
 
@@ -53,6 +56,7 @@ impl Lessor {
         let now = Instant::now();
         self.with(|s| {
             s.primary = true;
+            s.expiring.clear();
             s.deadlines = leases
                 .iter()
                 .map(|&(id, ttl)| (id, (now + secs(ttl) + extend, ttl)))
@@ -69,21 +73,34 @@ impl Lessor {
     }
 
     /// Keep-alive on the leader: the lease's clock restarts. Returns the
-    /// granted TTL, or None for an unknown lease.
+    /// granted TTL, or None for an unknown lease, or one already past its
+    /// deadline (its revocation is on its way: a late keep-alive must not
+    /// bring it back).
     pub fn renew(&self, id: i64) -> Option<i64> {
+        let now = Instant::now();
         self.with(|s| {
+            if s.expiring.contains(&id) {
+                return None;
+            }
             let (deadline, ttl) = s.deadlines.get_mut(&id)?;
-            *deadline = Instant::now() + secs(*ttl);
+            if *deadline <= now {
+                return None;
+            }
+            *deadline = now + secs(*ttl);
             Some(*ttl)
         })
     }
 
-    /// Remaining seconds (rounded up), or None for an unknown lease.
+    /// Remaining whole seconds (truncated, as etcd reports them; 0 once
+    /// expired), or None for an unknown lease.
     pub fn remaining(&self, id: i64) -> Option<i64> {
         self.with(|s| {
+            if s.expiring.contains(&id) {
+                return Some(0);
+            }
             let (deadline, _) = s.deadlines.get(&id)?;
             let left = deadline.saturating_duration_since(Instant::now());
-            Some(left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0))
+            Some(left.as_secs() as i64)
         })
     }
 
@@ -107,6 +124,7 @@ impl Lessor {
                 if let Some((d, _)) = s.deadlines.get_mut(id) {
                     *d = now + retry_after;
                 }
+                s.expiring.insert(*id);
             }
             ids
         })
@@ -184,8 +202,10 @@ mod tests {
         l.promote(&[(1, 0), (2, 100)], Duration::ZERO);
         assert_eq!(l.expired(10, Duration::from_secs(5)), vec![1]);
         assert!(l.expired(10, Duration::ZERO).is_empty(), "in flight");
+        assert_eq!(l.renew(1), None, "an expiring lease is not renewed");
+        assert_eq!(l.remaining(1), Some(0));
         assert_eq!(l.renew(2), Some(100));
-        assert!(l.remaining(2).is_some_and(|r| r > 90));
+        assert!(l.remaining(2).is_some_and(|r| (99..=100).contains(&r)));
         assert_eq!(l.renew(3), None);
     }
 

@@ -97,7 +97,17 @@ pub struct Replica {
     /// Raised alarms (replicated), for the API's quota checks and Status.
     pub alarms: Arc<RwLock<Vec<AlarmMember>>>,
     applied: u64,
+    /// Applied index of the last fsynced store commit.
+    durable: u64,
+    /// When the store was last fsynced.
+    durable_at: std::time::Instant,
 }
+
+/// Store commits are fsynced when this many entries or this much time
+/// accumulated; in between they rely on the Raft log (already fsynced on a
+/// quorum), which is never compacted past the durable index.
+const DURABLE_EVERY_ENTRIES: u64 = 1000;
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Replica {
     pub fn new(
@@ -129,6 +139,8 @@ impl Replica {
             lessor: Arc::new(Lessor::default()),
             lease_keys,
             lease_extend: std::time::Duration::ZERO,
+            durable: applied,
+            durable_at: std::time::Instant::now(),
             alarms: Arc::new(RwLock::new(alarms)),
             applied,
         })
@@ -379,7 +391,14 @@ impl StateMachine for Replica {
             }
             w.set_applied(last).map_err(|e| fail(e.into()))?;
             let revision = w.revision();
-            w.commit(true).map_err(|e| fail(e.into()))?;
+            let durable = membership_changed
+                || last.index - self.durable >= DURABLE_EVERY_ENTRIES
+                || self.durable_at.elapsed() >= DURABLE_EVERY;
+            w.commit(durable).map_err(|e| fail(e.into()))?;
+            if durable {
+                self.durable = last.index;
+                self.durable_at = std::time::Instant::now();
+            }
             self.revision_tx.send_if_modified(|r| {
                 let changed = *r != revision;
                 *r = revision;
@@ -411,6 +430,10 @@ impl StateMachine for Replica {
 
     fn applied_index(&self) -> u64 {
         self.applied
+    }
+
+    fn durable_index(&self) -> u64 {
+        self.durable
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), NodeError> {
@@ -485,6 +508,7 @@ impl Replica {
         }
         self.store.replace(store);
         self.applied = applied;
+        self.durable = applied;
         self.set_membership(membership);
         self.compaction_pending = true;
         let _ = self.applied_tx.send(applied);

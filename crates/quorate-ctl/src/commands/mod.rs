@@ -1,19 +1,21 @@
 //! Command implementations, one module per command group (`kv` for
-//! put/get/del, `endpoint`, `member`). Each command validates its arguments
-//! and output format first (so a bad invocation never reaches the server),
-//! then dials, calls, and hands the response to the shared printer.
+//! put/get/del, `endpoint`, `member`, `benchmark`). Each command validates
+//! its arguments and output format first (so a bad invocation never reaches
+//! the server), then dials, calls, and hands the response to the shared
+//! printer.
 //!
 //! Adding a command: parse its flags in `cli`, add a function here or in a
 //! new group module taking `&mut Env`, implement `output::Render` for what
 //! it prints, and route it in [`run`].
 
+pub mod benchmark;
 pub mod endpoint;
 pub mod kv;
 pub mod member;
 
 use std::io::Read;
 
-use crate::cli::{self, Command, EndpointCommand, GlobalFlags, MemberCommand};
+use crate::cli::{self, BenchmarkCommand, Command, EndpointCommand, GlobalFlags, MemberCommand};
 use crate::client::ClientConfig;
 use crate::exit::CtlError;
 use crate::output::{Out, OutputFormat, Printer};
@@ -72,6 +74,11 @@ pub async fn run(command: Option<Command>, env: &mut Env<'_>) -> Result<(), CtlE
         Some(Command::Member(a)) => match a.command {
             None => env.help(&["member"]),
             Some(MemberCommand::List) => member::list(env).await,
+        },
+        Some(Command::Benchmark(a)) => match a.command {
+            None => env.help(&["benchmark"]),
+            Some(BenchmarkCommand::Put(ref p)) => benchmark::put(&a, p, env).await,
+            Some(BenchmarkCommand::Range(ref r)) => benchmark::range(&a, r, env).await,
         },
     }
 }

@@ -30,6 +30,9 @@ use crate::lessor::MAX_LEASE_TTL_SECONDS;
 /// Most lease revocations the leader proposes per expiry pass.
 const EXPIRE_PER_PASS: usize = 500;
 const EXPIRE_INTERVAL: Duration = Duration::from_millis(500);
+/// One forwarded keep-alive attempt; then it is retried.
+const RENEW_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+const RENEW_RETRY: Duration = Duration::from_millis(50);
 /// Keep-alive responses queued per stream.
 const KEEPALIVE_QUEUE_LEN: usize = 64;
 
@@ -51,24 +54,44 @@ impl LeaseService {
 }
 
 /// Keep-alive or remaining TTL, from this member if it leads, else from the
-/// leader. -1 means the lease is unknown.
+/// leader. -1 means the lease is unknown. Around an election it waits for a
+/// leader and retries, up to the request timeout, as etcd does.
 async fn leader_ttl(core: &Core, id: i64, renew: bool) -> Result<i64, Status> {
-    if core.lessor.is_primary() {
-        let ttl = if renew {
-            core.lessor.renew(id)
-        } else {
-            core.lessor.remaining(id)
-        };
-        return Ok(ttl.unwrap_or(-1));
+    let deadline = tokio::time::Instant::now() + core.request_timeout;
+    loop {
+        if core.lessor.is_primary() {
+            let ttl = if renew {
+                core.lessor.renew(id)
+            } else {
+                core.lessor.remaining(id)
+            };
+            return Ok(ttl.unwrap_or(-1));
+        }
+        let leader = core.leader();
+        if leader != 0 && leader != core.member_id.0 {
+            let urls = crate::membership::find(&core.membership(), leader)
+                .map(|m| m.peer_ur_ls.clone())
+                .unwrap_or_default();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = tokio::time::timeout(
+                left.min(RENEW_ATTEMPT_TIMEOUT),
+                crate::peer::lease_renew_on(&urls, id, renew),
+            )
+            .await;
+            if let Ok(Ok(ttl)) = attempt {
+                return Ok(ttl);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(if core.leader() == 0 {
+                ApiError::NoLeader
+            } else {
+                ApiError::Timeout
+            }
+            .into());
+        }
+        tokio::time::sleep(RENEW_RETRY).await;
     }
-    let leader = core.leader();
-    if leader == 0 {
-        return Err(ApiError::NoLeader.into());
-    }
-    let urls = crate::membership::find(&core.membership(), leader)
-        .map(|m| m.peer_ur_ls.clone())
-        .unwrap_or_default();
-    crate::peer::lease_renew_on(&urls, id, renew).await
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
