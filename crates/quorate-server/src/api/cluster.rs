@@ -64,6 +64,14 @@ impl ClusterService {
             .map_err(|e| Status::unavailable(format!("cannot reach the leader at {url}: {e}")))
     }
 
+    /// After a request the leader served, waits until this member has
+    /// applied it too, so the client reads its own change here next.
+    async fn catch_up(&self) {
+        if let Err(e) = self.core.read_barrier().await {
+            tracing::debug!(error = %e, "could not catch up after a forwarded request");
+        }
+    }
+
     fn is_leader(&self) -> bool {
         self.core.leader() == self.core.member_id.0
     }
@@ -114,13 +122,9 @@ impl Cluster for ClusterService {
         }
         if self.core.config.strict_reconfig_check && !req.is_learner {
             if !self.is_leader() {
-                return Ok(Response::new(
-                    self.leader_client()
-                        .await?
-                        .member_add(req)
-                        .await?
-                        .into_inner(),
-                ));
+                let r = self.leader_client().await?.member_add(req).await?;
+                self.catch_up().await;
+                return Ok(Response::new(r.into_inner()));
             }
             self.check(health::Change::AddVoter).await?;
         }
@@ -169,13 +173,13 @@ impl Cluster for ClusterService {
         }
         if self.core.config.strict_reconfig_check {
             if !self.is_leader() {
-                return Ok(Response::new(
-                    self.leader_client()
-                        .await?
-                        .member_remove(MemberRemoveRequest { id })
-                        .await?
-                        .into_inner(),
-                ));
+                let r = self
+                    .leader_client()
+                    .await?
+                    .member_remove(MemberRemoveRequest { id })
+                    .await?;
+                self.catch_up().await;
+                return Ok(Response::new(r.into_inner()));
             }
             let h = crate::api::health::local_health(&self.core).await?;
             if let Some(target) = h.members.iter().find(|m| m.id == id) {
@@ -259,13 +263,13 @@ impl Cluster for ClusterService {
         }
         if self.core.leader() != self.core.member_id.0 {
             // Only the leader knows how far the learner has come.
-            return Ok(Response::new(
-                self.leader_client()
-                    .await?
-                    .member_promote(MemberPromoteRequest { id })
-                    .await?
-                    .into_inner(),
-            ));
+            let r = self
+                .leader_client()
+                .await?
+                .member_promote(MemberPromoteRequest { id })
+                .await?;
+            self.catch_up().await;
+            return Ok(Response::new(r.into_inner()));
         }
         let ready = match self.core.learner_progress(id).await? {
             Some((matched, last)) => matched * 100 >= last * PROMOTE_READY_PERCENT,
