@@ -100,16 +100,21 @@ impl Watch for WatchService {
         tokio::spawn(async move {
             let mut ticker =
                 tokio::time::interval(task.progress_interval.min(Duration::from_secs(1)));
+            // After the client half-closes, watchers keep delivering until
+            // the response stream is dropped (as etcd does).
+            let mut requests_open = true;
             loop {
                 tokio::select! {
-                    req = requests.next() => match req {
+                    req = requests.next(), if requests_open => match req {
                         Some(Ok(r)) => {
                             if task.handle(r).await.is_err() {
                                 return;
                             }
                         }
-                        _ => return,
+                        Some(Err(_)) => return,
+                        None => requests_open = false,
                     },
+                    _ = task.tx.closed() => return,
                     changed = revision_rx.changed() => {
                         if changed.is_err() {
                             return;
@@ -176,7 +181,7 @@ impl StreamTask {
         }
     }
 
-    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Gone> {
+    async fn create(&mut self, mut c: WatchCreateRequest) -> Result<(), Gone> {
         let (rev, compacted) = match self.revisions() {
             Ok(x) => x,
             Err(e) => {
@@ -184,26 +189,52 @@ impl StreamTask {
                 return Err(Gone);
             }
         };
+        // etcd watches the key "\0" for an empty key.
+        if c.key.is_empty() {
+            c.key = vec![0];
+        }
+        let range = KeyRange::new(&c.key, &c.range_end);
+        let refuse = |reason: String| WatchResponse {
+            header: self.core.header(rev),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        };
+        if range.is_empty() {
+            return self
+                .send(refuse("mvcc: watcher range is empty".into()))
+                .await;
+        }
+        if c.watch_id != 0 && self.watchers.contains_key(&c.watch_id) {
+            return self
+                .send(refuse(
+                    "mvcc: duplicate watch ID provided on the WatchStream".into(),
+                ))
+                .await;
+        }
+        if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
+            return self
+                .send(refuse(format!(
+                    "too many watchers on one stream (limit {MAX_WATCHERS_PER_STREAM})"
+                )))
+                .await;
+        }
+        // Only server-chosen IDs move the counter; IDs are never reused on a
+        // stream.
         let id = if c.watch_id != 0 {
             c.watch_id
         } else {
             while self.watchers.contains_key(&self.next_id) {
                 self.next_id += 1;
             }
-            self.next_id
+            let id = self.next_id;
+            self.next_id += 1;
+            id
         };
         let mut created = self.response(id, rev);
         created.created = true;
-        if self.watchers.contains_key(&id) || self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
-            created.watch_id = -1;
-            created.canceled = true;
-            created.cancel_reason = if self.watchers.contains_key(&id) {
-                "mvcc: duplicate watch ID provided on the WatchStream".into()
-            } else {
-                format!("too many watchers on one stream (limit {MAX_WATCHERS_PER_STREAM})")
-            };
-            return self.send(created).await;
-        }
         self.send(created).await?;
         let start = if c.start_revision > 0 {
             c.start_revision
@@ -211,18 +242,18 @@ impl StreamTask {
             rev + 1
         };
         if start < compacted {
-            // As etcd: created, then canceled with the compact revision.
-            let mut r = self.response(id, rev);
+            // As etcd: created, then canceled with the compact revision
+            // (no reason text, header revision 0).
+            let mut r = self.response(id, 0);
             r.canceled = true;
             r.compact_revision = compacted;
-            r.cancel_reason = "etcdserver: mvcc: required revision has been compacted".into();
             return self.send(r).await;
         }
         let filters = &c.filters;
         self.watchers.insert(
             id,
             Watcher {
-                range: KeyRange::new(&c.key, &c.range_end),
+                range,
                 next_rev: start,
                 no_put: filters.contains(&(watch_create_request::FilterType::Noput as i32)),
                 no_delete: filters.contains(&(watch_create_request::FilterType::Nodelete as i32)),
@@ -232,9 +263,6 @@ impl StreamTask {
                 last_sent: Instant::now(),
             },
         );
-        if id >= self.next_id {
-            self.next_id = id + 1;
-        }
         Ok(())
     }
 
@@ -268,7 +296,7 @@ impl StreamTask {
     }
 
     async fn cancel_compacted(&mut self, from: i64) -> Result<(), Gone> {
-        let (rev, compacted) = self.revisions().unwrap_or((0, 0));
+        let (_, compacted) = self.revisions().unwrap_or((0, 0));
         let ids: Vec<i64> = self
             .watchers
             .iter()
@@ -277,10 +305,9 @@ impl StreamTask {
             .collect();
         for id in ids {
             self.watchers.remove(&id);
-            let mut r = self.response(id, rev);
+            let mut r = self.response(id, 0);
             r.canceled = true;
             r.compact_revision = compacted;
-            r.cancel_reason = "etcdserver: mvcc: required revision has been compacted".into();
             self.send(r).await?;
         }
         Ok(())
@@ -290,7 +317,9 @@ impl StreamTask {
         let Some(w) = self.watchers.get(&id) else {
             return Ok(());
         };
-        let mut events = Vec::new();
+        // One response per revision, its header at that revision, as etcd
+        // sends to a watcher that keeps up.
+        let mut per_revision: Vec<(i64, Vec<Event>)> = Vec::new();
         for (main, kv, prev) in &batch.records {
             if *main < w.next_rev || !w.range.contains(&kv.key) {
                 continue;
@@ -299,7 +328,7 @@ impl StreamTask {
             if (is_delete && w.no_delete) || (!is_delete && w.no_put) {
                 continue;
             }
-            events.push(Event {
+            let event = Event {
                 r#type: if is_delete {
                     EventType::Delete as i32
                 } else {
@@ -307,27 +336,26 @@ impl StreamTask {
                 },
                 kv: Some(kv.clone()),
                 prev_kv: if w.prev_kv { prev.clone() } else { None },
-            });
+            };
+            match per_revision.last_mut() {
+                Some((rev, events)) if *rev == *main => events.push(event),
+                _ => per_revision.push((*main, vec![event])),
+            }
         }
         let fragment = w.fragment;
         let next = batch.last_rev + 1;
         if let Some(w) = self.watchers.get_mut(&id) {
             w.next_rev = w.next_rev.max(next);
-            if !events.is_empty() {
+            if !per_revision.is_empty() {
                 w.last_sent = Instant::now();
             }
         }
-        if events.is_empty() {
-            return Ok(());
-        }
-        let max_bytes = self.core.config.max_request_bytes;
-        for r in split(
-            self.response(id, batch.revision),
-            events,
-            fragment,
-            max_bytes,
-        ) {
-            self.send(r).await?;
+        // etcd's watch server allows --max-request-bytes plus gRPC overhead.
+        let max_bytes = self.core.config.max_request_bytes + crate::config::GRPC_OVERHEAD_BYTES;
+        for (rev, events) in per_revision {
+            for r in split(self.response(id, rev), events, fragment, max_bytes) {
+                self.send(r).await?;
+            }
         }
         Ok(())
     }
@@ -360,8 +388,6 @@ struct Batch {
     records: Vec<(i64, KeyValue, Option<KeyValue>)>,
     /// Highest revision covered (complete: the step ends on a boundary).
     last_rev: i64,
-    /// The store's revision when read.
-    revision: i64,
     more: bool,
 }
 
@@ -391,7 +417,6 @@ fn read_batch(store: &quorate_mvcc::Store, from: i64) -> Result<Batch, ApiError>
     Ok(Batch {
         records,
         last_rev,
-        revision,
         more,
     })
 }
@@ -420,29 +445,31 @@ fn split(
     max_bytes: usize,
 ) -> Vec<WatchResponse> {
     use prost::Message;
-    let total: usize = events.iter().map(|e| e.encoded_len()).sum();
-    if !fragment || total <= max_bytes {
-        let mut r = base;
-        r.events = events;
-        return vec![r];
+    let mut whole = base.clone();
+    whole.events = events;
+    // Whole when it fits, or when splitting cannot help, as etcd decides:
+    // on the size of the entire response.
+    if !fragment || whole.events.len() < 2 || whole.encoded_len() < max_bytes {
+        return vec![whole];
     }
     let mut out = Vec::new();
-    let mut current = Vec::new();
-    let mut size = 0;
-    for e in events {
-        let n = e.encoded_len();
-        if !current.is_empty() && size + n > max_bytes {
-            let mut r = base.clone();
-            r.events = std::mem::take(&mut current);
-            r.fragment = true;
-            out.push(r);
-            size = 0;
+    let mut current = base.clone();
+    current.fragment = true;
+    for e in whole.events {
+        current.events.push(e);
+        if current.events.len() > 1 && current.encoded_len() >= max_bytes {
+            // Close the fragment before the event that reached the limit.
+            if let Some(last) = current.events.pop() {
+                out.push(std::mem::replace(&mut current, {
+                    let mut next = base.clone();
+                    next.fragment = true;
+                    next
+                }));
+                current.events.push(last);
+            }
         }
-        size += n;
-        current.push(e);
     }
-    let mut r = base;
-    r.events = current;
-    out.push(r);
+    current.fragment = false;
+    out.push(current);
     out
 }
