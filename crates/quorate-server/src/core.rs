@@ -36,6 +36,9 @@ pub struct Core {
     pub lease_keys: Arc<crate::lessor::LeaseKeys>,
     pub alarms: Arc<RwLock<Vec<quorate_proto::etcdserverpb::AlarmMember>>>,
     pub liveness: Arc<crate::health::Liveness>,
+    /// Members whose HashKV disagreed with ours, as found by the last
+    /// corruption check (reported by the health service).
+    pub corruption: std::sync::Mutex<Vec<String>>,
 }
 
 impl Core {

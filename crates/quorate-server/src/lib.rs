@@ -14,6 +14,7 @@ mod api;
 mod apply;
 pub mod config;
 mod core;
+mod corruption;
 pub mod error;
 pub mod health;
 pub mod identity;

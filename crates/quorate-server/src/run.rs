@@ -203,7 +203,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> anyho
         lease_keys,
         alarms,
         liveness,
+        corruption: std::sync::Mutex::new(Vec::new()),
     });
+    tokio::spawn(crate::corruption::check_loop(core.clone(), stop_rx.clone()));
     tokio::spawn(crate::api::health::warn_unhealthy(
         core.clone(),
         stop_rx.clone(),

@@ -91,6 +91,11 @@ pub async fn local_health(core: &Core) -> Result<HealthResponse, ApiError> {
         &mut resp,
         Duration::from_millis(core.config.unhealthy_member_warning_ms),
     );
+    let corrupt = match core.corruption.lock() {
+        Ok(c) => c.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    resp.warnings.extend(corrupt);
     Ok(resp)
 }
 

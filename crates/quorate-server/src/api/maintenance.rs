@@ -45,7 +45,10 @@ const HASH_PAGE_KEYS: usize = 10_000;
 /// create and mod revisions, version and lease, in key order. Equal on every
 /// member holding the same data at that revision. Returns (hash, compact
 /// revision, revision hashed).
-fn keyspace_hash(store: &quorate_mvcc::Store, at: i64) -> Result<(u32, i64, i64), ApiError> {
+pub(crate) fn keyspace_hash(
+    store: &quorate_mvcc::Store,
+    at: i64,
+) -> Result<(u32, i64, i64), ApiError> {
     use quorate_mvcc::{KeyRange, RangeOptions};
     let read = store.read()?;
     let rev = if at <= 0 { read.revision() } else { at };
