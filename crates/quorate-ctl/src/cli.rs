@@ -116,10 +116,16 @@ pub enum Command {
     Get(GetArgs),
     /// Removes the specified key or range of keys [key, range_end)
     Del(DelArgs),
+    /// Watches events stream on keys or prefixes
+    Watch(crate::commands::watch::WatchArgs),
+    /// Lease related commands
+    Lease(crate::commands::lease::LeaseArgs),
     /// Endpoint related commands
     Endpoint(EndpointArgs),
     /// Membership related commands
     Member(MemberArgs),
+    /// Cluster safety commands (Quorate extension)
+    Cluster(ClusterArgs),
     /// Benchmark the server with put or range load (like etcd's benchmark tool)
     Benchmark(BenchmarkArgs),
 }
@@ -283,6 +289,77 @@ pub struct MemberArgs {
 pub enum MemberCommand {
     /// Lists all members in the cluster
     List,
+    /// Safely replaces a member: check, snapshot, remove, add learner, catch up, promote (Quorate extension)
+    Replace(MemberReplaceArgs),
+}
+
+/// `member replace <old-member> --name NAME --peer-urls URLS [options]`.
+#[derive(Debug, Args)]
+pub struct MemberReplaceArgs {
+    /// The member to replace: its ID in hex or its name
+    #[arg(value_name = "OLD-MEMBER")]
+    pub old: String,
+
+    /// Name of the new member
+    #[arg(long)]
+    pub name: String,
+
+    /// Peer URLs of the new member (comma-separated)
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub peer_urls: Vec<String>,
+
+    /// Remove the old member even if it is still alive
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = parse_bool, value_name = "BOOL")]
+    pub stop_old: bool,
+
+    /// Treat the old member as dead (etcd, where liveness is unknown)
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true",
+          value_parser = parse_bool, value_name = "BOOL")]
+    pub old_dead: bool,
+
+    /// Where to save the snapshot taken before the change
+    #[arg(long, value_name = "FILE")]
+    pub snapshot_file: Option<String>,
+
+    /// How long to wait for the new member to catch up and the cluster to recover
+    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+/// `cluster <subcommand>`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: Option<ClusterCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Pre-flight check: is it safe to take one member down? Exit 0 only if so
+    Check(ClusterCheckArgs),
+}
+
+/// `cluster check [options]`.
+#[derive(Debug, Args)]
+pub struct ClusterCheckArgs {
+    /// What if this member (ID in hex, or name) were stopped
+    #[arg(long, value_name = "MEMBER")]
+    pub stop: Option<String>,
+
+    /// What if this member (ID in hex, or name) were removed
+    #[arg(long, value_name = "MEMBER")]
+    pub remove: Option<String>,
+
+    /// Directory holding snapshots (*.snap, *.db)
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<String>,
+
+    /// Newest snapshot in --snapshot-dir must be younger than this (default 24h)
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub snapshot_max_age: Option<Duration>,
 }
 
 /// `benchmark [options] put|range`: etcd's `tools/benchmark` as a

@@ -1,4 +1,5 @@
-//! Membership commands: `member list` (add/remove/update/promote come later).
+//! Membership commands: `member list` (with liveness columns in table form)
+//! and `member replace` (in `replace`); add/remove/update/promote come later.
 //!
 //! Output follows etcdctl 3.5: member IDs in hex in simple and table form,
 //! decimal in JSON and fields, and JSON IDs as hex strings with `--hex`.
@@ -23,10 +24,39 @@ pub async fn list(env: &mut Env<'_>) -> Result<(), CtlError> {
     let ch = client::dial_any(&env.cfg).await?;
     let resp = unary(
         timeout,
-        client::cluster(ch).member_list(request(MemberListRequest { linearizable: true }, timeout)),
+        client::cluster(ch.clone())
+            .member_list(request(MemberListRequest { linearizable: true }, timeout)),
     )
     .await?;
-    printer.print(&resp, &mut env.out)
+    if printer.format != OutputFormat::Table {
+        return printer.print(&resp, &mut env.out);
+    }
+    // Table: etcdctl's columns plus real liveness (Quorate only).
+    let health = match super::health::fetch(ch, timeout).await {
+        Ok(h) => h,
+        Err(e) => {
+            writeln!(env.out.stderr, "liveness unavailable: {}", e.message)?;
+            None
+        }
+    };
+    let Some(h) = health else {
+        writeln!(env.out.stderr, "{}", super::health::ETCD_NO_LIVENESS)?;
+        return printer.print(&resp, &mut env.out);
+    };
+    let mut t = resp.table(&printer)?;
+    for title in ["Health", "Last Seen", "Lag"] {
+        t.header.push(title.to_string());
+    }
+    for (row, m) in t.rows.iter_mut().zip(&resp.members) {
+        row.extend(super::health::health_cells(&h, m.id));
+    }
+    let w = &mut *env.out.stdout;
+    w.write_all(t.render().as_bytes())?;
+    writeln!(w, "{}", super::health::summary_line(&h))?;
+    for warning in &h.warnings {
+        writeln!(w, "warning: {warning}")?;
+    }
+    Ok(())
 }
 
 /// etcdctl's `makeMemberListTable` row. A member that never published its

@@ -1,8 +1,9 @@
 //! Command implementations, one module per command group (`kv` for
-//! put/get/del, `endpoint`, `member`, `benchmark`). Each command validates
-//! its arguments and output format first (so a bad invocation never reaches
-//! the server), then dials, calls, and hands the response to the shared
-//! printer.
+//! put/get/del, `endpoint`, `member`, `benchmark`; Quorate's quorum-safety
+//! commands in `health` (`cluster check`, liveness) and `replace`). Each
+//! command validates its arguments and output format first (so a bad
+//! invocation never reaches the server), then dials, calls, and hands the
+//! response to the shared printer.
 //!
 //! Adding a command: parse its flags in `cli`, add a function here or in a
 //! new group module taking `&mut Env`, implement `output::Render` for what
@@ -10,12 +11,18 @@
 
 pub mod benchmark;
 pub mod endpoint;
+pub mod health;
 pub mod kv;
+pub mod lease;
 pub mod member;
+pub mod replace;
+pub mod watch;
 
 use std::io::Read;
 
-use crate::cli::{self, BenchmarkCommand, Command, EndpointCommand, GlobalFlags, MemberCommand};
+use crate::cli::{
+    self, BenchmarkCommand, ClusterCommand, Command, EndpointCommand, GlobalFlags, MemberCommand,
+};
 use crate::client::ClientConfig;
 use crate::exit::CtlError;
 use crate::output::{Out, OutputFormat, Printer};
@@ -66,6 +73,8 @@ pub async fn run(command: Option<Command>, env: &mut Env<'_>) -> Result<(), CtlE
         Some(Command::Put(a)) => kv::put(a, env).await,
         Some(Command::Get(a)) => kv::get(a, env).await,
         Some(Command::Del(a)) => kv::del(a, env).await,
+        Some(Command::Watch(a)) => watch::watch(a, env).await,
+        Some(Command::Lease(a)) => lease::run(a, env).await,
         Some(Command::Endpoint(a)) => match a.command {
             None => env.help(&["endpoint"]),
             Some(EndpointCommand::Health) => endpoint::health(a.cluster, env).await,
@@ -74,6 +83,11 @@ pub async fn run(command: Option<Command>, env: &mut Env<'_>) -> Result<(), CtlE
         Some(Command::Member(a)) => match a.command {
             None => env.help(&["member"]),
             Some(MemberCommand::List) => member::list(env).await,
+            Some(MemberCommand::Replace(r)) => replace::replace(r, env).await,
+        },
+        Some(Command::Cluster(a)) => match a.command {
+            None => env.help(&["cluster"]),
+            Some(ClusterCommand::Check(c)) => health::check(c, env).await,
         },
         Some(Command::Benchmark(a)) => match a.command {
             None => env.help(&["benchmark"]),
