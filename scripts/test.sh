@@ -2,9 +2,9 @@
 # The project's test command (what the README shows and CI runs):
 #
 #   1. `cargo test --workspace`: every test, against Quorate;
-#   2. if a real etcd is installed (/usr/bin/etcd, or $ETCD_BIN), the KV
-#      compatibility suites (crates/quorate/tests/kv_*.rs and
-#      quoratectl_cli.rs) again against etcd, as a reference check that the
+#   2. if a real etcd is installed (/usr/bin/etcd, or $ETCD_BIN), the
+#      single-server compatibility suites (kv_*, watch, lease and the
+#      quoratectl suites) again against etcd, as a reference check that the
 #      tests encode etcd's actual behaviour.
 #
 # Extra arguments go to both cargo test runs after `--` (test-binary flags,
@@ -25,7 +25,9 @@ fi
 
 names=()
 tests=()
-for f in crates/quorate/tests/kv_*.rs crates/quorate/tests/quoratectl_cli.rs; do
+for f in crates/quorate/tests/kv_*.rs crates/quorate/tests/quoratectl_cli.rs \
+    crates/quorate/tests/quoratectl_bench.rs crates/quorate/tests/quoratectl_watch_lease.rs \
+    crates/quorate/tests/watch.rs crates/quorate/tests/lease.rs; do
     [[ -f $f ]] || continue
     name=$(basename "$f" .rs)
     names+=("$name")
