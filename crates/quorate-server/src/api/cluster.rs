@@ -118,6 +118,7 @@ impl Cluster for ClusterService {
         }
         let learners = membership.members.iter().filter(|m| m.is_learner).count();
         if req.is_learner && learners >= self.core.config.max_learners {
+            // etcd's exact string: clients match it (the limit is the flag).
             return Err(ApiError::TooManyLearners.into());
         }
         if self.core.config.strict_reconfig_check && !req.is_learner {
@@ -276,6 +277,8 @@ impl Cluster for ClusterService {
             None => false,
         };
         if !ready {
+            // etcd's exact string (clients match it); the learner's lag is
+            // shown by `quoratectl member list -w table`.
             return Err(ApiError::LearnerNotReady.into());
         }
         let (cc, request_id) = self.conf_change(id, ConfChangeType::AddNode, None);
