@@ -126,6 +126,8 @@ pub enum Command {
     Member(MemberArgs),
     /// Cluster safety commands (Quorate extension)
     Cluster(ClusterArgs),
+    /// Manages snapshots (save)
+    Snapshot(SnapshotArgs),
     /// Benchmark the server with put or range load (like etcd's benchmark tool)
     Benchmark(BenchmarkArgs),
 }
@@ -657,4 +659,20 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// `snapshot save <filename>`
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub command: Option<SnapshotCommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Stores a snapshot of one member's store to a file (verified, written atomically)
+    Save {
+        #[arg(value_name = "FILENAME")]
+        file: String,
+    },
 }

@@ -16,6 +16,7 @@ pub mod kv;
 pub mod lease;
 pub mod member;
 pub mod replace;
+pub mod snapshot;
 pub mod watch;
 
 use std::io::Read;
@@ -75,6 +76,10 @@ pub async fn run(command: Option<Command>, env: &mut Env<'_>) -> Result<(), CtlE
         Some(Command::Del(a)) => kv::del(a, env).await,
         Some(Command::Watch(a)) => watch::watch(a, env).await,
         Some(Command::Lease(a)) => lease::run(a, env).await,
+        Some(Command::Snapshot(a)) => match a.command {
+            Some(cli::SnapshotCommand::Save { file }) => snapshot::save(file, env).await,
+            None => env.help(&["snapshot"]),
+        },
         Some(Command::Endpoint(a)) => match a.command {
             None => env.help(&["endpoint"]),
             Some(EndpointCommand::Health) => endpoint::health(a.cluster, env).await,
