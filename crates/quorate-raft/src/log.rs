@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -247,17 +247,37 @@ impl DurableLog {
         Ok(())
     }
 
-    /// For `--force-new-cluster`: the log restarts at `index` (the state
-    /// machine's applied position) with this member as the only voter.
-    /// Entries after `index`, committed or not, are dropped.
+    /// For `--force-new-cluster`: this member becomes the only voter.
+    /// Committed entries after `index` (the state machine's durable applied
+    /// position) are kept so they are applied on start, with their
+    /// configuration changes turned into empty entries (every other member
+    /// is gone for good); uncommitted entries are dropped, as etcd does.
     pub fn force_single_voter(&mut self, id: u64, index: u64, term: u64) -> Result<(), LogError> {
         let cs = ConfState {
             voters: vec![id],
             ..Default::default()
         };
         let mut hs = self.mem.rl().hard_state().clone();
-        hs.commit = index;
-        hs.term = hs.term.max(term);
+        let commit = hs.commit.max(index).min(self.last_index().max(index));
+        let kept: Vec<Entry> = if commit > index && index + 1 >= self.first_index() {
+            self.mem
+                .entries(index + 1, commit + 1, None, GetEntriesContext::empty(false))?
+                .into_iter()
+                .map(|mut e| {
+                    if e.get_entry_type() != EntryType::EntryNormal {
+                        e.set_entry_type(EntryType::EntryNormal);
+                        e.data = Default::default();
+                        e.context = Default::default();
+                    }
+                    e
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let commit = kept.last().map_or(index, |e| e.index);
+        hs.commit = commit;
+        hs.term = hs.term.max(term).max(kept.last().map_or(0, |e| e.term));
         hs.vote = 0;
         let txn = self.db.begin_write()?;
         {
@@ -268,6 +288,9 @@ impl DurableLog {
                 .collect::<Result<_, _>>()?;
             for k in all {
                 table.remove(k)?;
+            }
+            for e in &kept {
+                table.insert(e.index, e.write_to_bytes()?.as_slice())?;
             }
             let mut st = txn.open_table(STATE)?;
             st.insert(SNAPSHOT_META, encode_pair(index, term).as_slice())?;
@@ -281,6 +304,7 @@ impl DurableLog {
             let mut snap = Snapshot::default();
             snap.set_metadata(snapshot_metadata(index, term, cs));
             core.apply_snapshot(snap)?;
+            core.append(&kept)?;
             core.set_hardstate(hs);
         }
         self.mem = mem;

@@ -148,7 +148,17 @@ fn prune(dir: &Path, retention: usize) {
                 .is_some_and(|n| n.starts_with("quorate-") && n.ends_with(".snap"))
         })
         .collect();
-    snaps.sort();
+    // Oldest first by the time in the name (`quorate-<member>-<secs>-rev<r>.snap`):
+    // with a directory shared by several members, the member name must not
+    // decide what is pruned.
+    let secs = |p: &PathBuf| -> u64 {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.rsplit('-').nth(1))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+    };
+    snaps.sort_by_key(|p| (secs(p), p.clone()));
     let excess = snaps.len().saturating_sub(retention.max(1));
     for old in snaps.into_iter().take(excess) {
         let _ = std::fs::remove_file(old);
