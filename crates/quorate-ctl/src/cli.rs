@@ -291,6 +291,29 @@ pub struct MemberArgs {
 pub enum MemberCommand {
     /// Lists all members in the cluster
     List,
+    /// Adds a member into the cluster
+    Add {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// comma separated peer URLs for the new member
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// indicates if the new member is raft learner
+        #[arg(long, action = ArgAction::Set, num_args = 0..=1, require_equals = true,
+              default_value = "false", default_missing_value = "true",
+              value_parser = parse_bool, value_name = "BOOL")]
+        learner: bool,
+    },
+    /// Removes a member from the cluster
+    Remove {
+        #[arg(value_name = "MEMBER_ID")]
+        id: String,
+    },
+    /// Promotes a non-voting member in the cluster
+    Promote {
+        #[arg(value_name = "MEMBER_ID")]
+        id: String,
+    },
     /// Safely replaces a member: check, snapshot, remove, add learner, catch up, promote (Quorate extension)
     Replace(MemberReplaceArgs),
 }

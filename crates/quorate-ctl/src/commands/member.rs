@@ -1,11 +1,15 @@
-//! Membership commands: `member list` (with liveness columns in table form)
-//! and `member replace` (in `replace`); add/remove/update/promote come later.
+//! Membership commands: `member list` (with liveness columns in table form),
+//! `member add|remove|promote` (simple output, as etcdctl prints it) and
+//! `member replace` (in `replace`).
 //!
 //! Output follows etcdctl 3.5: member IDs in hex in simple and table form,
 //! decimal in JSON and fields, and JSON IDs as hex strings with `--hex`.
 
 use prost::Message as _;
-use quorate_proto::etcdserverpb::{Member, MemberListRequest, MemberListResponse};
+use quorate_proto::etcdserverpb::{
+    Member, MemberAddRequest, MemberListRequest, MemberListResponse, MemberPromoteRequest,
+    MemberRemoveRequest,
+};
 
 use super::Env;
 use crate::client::{self, request, unary};
@@ -15,6 +19,113 @@ use crate::output::json::JsonObject;
 use crate::output::messages::{header_fields, header_json, header_json_hex, member_json};
 use crate::output::table::Table;
 use crate::output::{Out, OutputFormat, Printer, Render, ALL};
+
+fn parse_member_id(arg: &str) -> Result<u64, CtlError> {
+    u64::from_str_radix(arg, 16).map_err(|e| {
+        CtlError::new(
+            crate::exit::BAD_ARGS,
+            format!("bad member ID arg ({e}), expecting ID in Hex"),
+        )
+    })
+}
+
+/// Membership changes print etcdctl's simple output only.
+fn simple_only(env: &Env<'_>) -> Result<(), CtlError> {
+    let printer = env.printer()?;
+    if printer.format != OutputFormat::Simple {
+        return Err(CtlError::new(
+            crate::exit::BAD_FEATURE,
+            format!("{} not supported as output format", printer.format.name()),
+        ));
+    }
+    Ok(())
+}
+
+/// `member add NAME --peer-urls URLS [--learner]`.
+pub async fn add(
+    name: String,
+    peer_urls: Vec<String>,
+    learner: bool,
+    env: &mut Env<'_>,
+) -> Result<(), CtlError> {
+    simple_only(env)?;
+    let timeout = env.cfg.command_timeout;
+    let ch = client::dial_any(&env.cfg).await?;
+    let resp = unary(
+        timeout,
+        client::cluster(ch).member_add(request(
+            MemberAddRequest {
+                peer_ur_ls: peer_urls.clone(),
+                is_learner: learner,
+            },
+            timeout,
+        )),
+    )
+    .await?;
+    let id = resp.member.as_ref().map_or(0, |m| m.id);
+    let cluster = resp.header.as_ref().map_or(0, |h| h.cluster_id);
+    let mut conf = Vec::new();
+    for m in &resp.members {
+        for u in &m.peer_ur_ls {
+            let n = if m.id == id {
+                name.as_str()
+            } else {
+                m.name.as_str()
+            };
+            conf.push(format!("{n}={u}"));
+        }
+    }
+    let w = &mut *env.out.stdout;
+    writeln!(w, "Member {id:16x} added to cluster {cluster:16x}")?;
+    writeln!(w)?;
+    writeln!(w, "ETCD_NAME=\"{name}\"")?;
+    writeln!(w, "ETCD_INITIAL_CLUSTER=\"{}\"", conf.join(","))?;
+    writeln!(
+        w,
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{}\"",
+        peer_urls.join(",")
+    )?;
+    writeln!(w, "ETCD_INITIAL_CLUSTER_STATE=\"existing\"")?;
+    Ok(())
+}
+
+/// `member remove ID`.
+pub async fn remove(id: String, env: &mut Env<'_>) -> Result<(), CtlError> {
+    simple_only(env)?;
+    let id = parse_member_id(&id)?;
+    let timeout = env.cfg.command_timeout;
+    let ch = client::dial_any(&env.cfg).await?;
+    let resp = unary(
+        timeout,
+        client::cluster(ch).member_remove(request(MemberRemoveRequest { id }, timeout)),
+    )
+    .await?;
+    let cluster = resp.header.as_ref().map_or(0, |h| h.cluster_id);
+    writeln!(
+        env.out.stdout,
+        "Member {id:16x} removed from cluster {cluster:16x}"
+    )?;
+    Ok(())
+}
+
+/// `member promote ID`.
+pub async fn promote(id: String, env: &mut Env<'_>) -> Result<(), CtlError> {
+    simple_only(env)?;
+    let id = parse_member_id(&id)?;
+    let timeout = env.cfg.command_timeout;
+    let ch = client::dial_any(&env.cfg).await?;
+    let resp = unary(
+        timeout,
+        client::cluster(ch).member_promote(request(MemberPromoteRequest { id }, timeout)),
+    )
+    .await?;
+    let cluster = resp.header.as_ref().map_or(0, |h| h.cluster_id);
+    writeln!(
+        env.out.stdout,
+        "Member {id:16x} promoted in cluster {cluster:16x}"
+    )?;
+    Ok(())
+}
 
 /// `member list`.
 pub async fn list(env: &mut Env<'_>) -> Result<(), CtlError> {

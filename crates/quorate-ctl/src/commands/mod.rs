@@ -88,6 +88,13 @@ pub async fn run(command: Option<Command>, env: &mut Env<'_>) -> Result<(), CtlE
         Some(Command::Member(a)) => match a.command {
             None => env.help(&["member"]),
             Some(MemberCommand::List) => member::list(env).await,
+            Some(MemberCommand::Add {
+                name,
+                peer_urls,
+                learner,
+            }) => member::add(name, peer_urls, learner, env).await,
+            Some(MemberCommand::Remove { id }) => member::remove(id, env).await,
+            Some(MemberCommand::Promote { id }) => member::promote(id, env).await,
             Some(MemberCommand::Replace(r)) => replace::replace(r, env).await,
         },
         Some(Command::Cluster(a)) => match a.command {
