@@ -646,7 +646,7 @@ async fn etcdctl_cluster_membership_and_leadership() {
     eprintln!("member promote: {retries} retries on 'not in sync'");
     assert_eq!(
         promoted,
-        format!("Member {} promoted in cluster {cid}\n", added.id)
+        format!("Member {:>16} promoted in cluster {cid:>16}\n", added.id)
     );
     let out = ctl.run(&all, &["member", "promote", &added.id]);
     assert_eq!(out.code, 1, "{}", out.describe());
@@ -689,7 +689,7 @@ async fn etcdctl_cluster_membership_and_leadership() {
     eprintln!("member remove: {retries} retries on 'not enough started members'");
     assert_eq!(
         removed,
-        format!("Member {} removed from cluster {cid}\n", added.id)
+        format!("Member {:>16} removed from cluster {cid:>16}\n", added.id)
     );
     let out = ctl.run(&all, &["member", "remove", &added.id]);
     assert_eq!(out.code, 1, "{}", out.describe());
