@@ -99,7 +99,17 @@ impl From<std::io::Error> for CtlError {
 
 impl From<tonic::Status> for CtlError {
     fn from(s: tonic::Status) -> Self {
-        CtlError::error(status_message(&s))
+        let mut msg = status_message(&s);
+        // Quorate explains refusals whose message must stay etcd's exact
+        // string (clients match it) in the `quorate-detail` metadata.
+        if let Some(detail) = s
+            .metadata()
+            .get("quorate-detail")
+            .and_then(|v| v.to_str().ok())
+        {
+            msg.push_str(&format!(" ({detail})"));
+        }
+        CtlError::error(msg)
     }
 }
 

@@ -25,6 +25,14 @@ use crate::membership::validate_peer_url;
 /// A learner may be promoted once it has 90% of the leader's log (etcd).
 const PROMOTE_READY_PERCENT: u64 = 90;
 
+/// Adds Quorate's explanation to an error whose message stays etcd's.
+fn with_detail(mut status: Status, detail: &str) -> Status {
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(detail) {
+        status.metadata_mut().insert("quorate-detail", v);
+    }
+    status
+}
+
 pub struct ClusterService {
     core: Arc<Core>,
 }
@@ -118,8 +126,15 @@ impl Cluster for ClusterService {
         }
         let learners = membership.members.iter().filter(|m| m.is_learner).count();
         if req.is_learner && learners >= self.core.config.max_learners {
-            // etcd's exact string: clients match it (the limit is the flag).
-            return Err(ApiError::TooManyLearners.into());
+            // etcd's exact string (clients match it); the numbers and the
+            // remedy travel in metadata, which quoratectl prints.
+            return Err(with_detail(
+                ApiError::TooManyLearners.into(),
+                &format!(
+                    "{learners} learner(s), at most {} (--max-learners); promote or remove the pending learner first: quoratectl member promote|remove <id>",
+                    self.core.config.max_learners
+                ),
+            ));
         }
         if self.core.config.strict_reconfig_check && !req.is_learner {
             if !self.is_leader() {
@@ -272,14 +287,21 @@ impl Cluster for ClusterService {
             self.catch_up().await;
             return Ok(Response::new(r.into_inner()));
         }
-        let ready = match self.core.learner_progress(id).await? {
+        let progress = self.core.learner_progress(id).await?;
+        let ready = match progress {
             Some((matched, last)) => matched * 100 >= last * PROMOTE_READY_PERCENT,
             None => false,
         };
         if !ready {
-            // etcd's exact string (clients match it); the learner's lag is
-            // shown by `quoratectl member list -w table`.
-            return Err(ApiError::LearnerNotReady.into());
+            // etcd's exact string (clients match it); the numbers and the
+            // remedy travel in metadata, which quoratectl prints.
+            let (matched, last) = progress.unwrap_or((0, 0));
+            return Err(with_detail(
+                ApiError::LearnerNotReady.into(),
+                &format!(
+                    "the learner has {matched} of the leader's {last} log entries, {PROMOTE_READY_PERCENT}% needed; wait until it catches up (quoratectl member list -w table shows its lag)"
+                ),
+            ));
         }
         let (cc, request_id) = self.conf_change(id, ConfChangeType::AddNode, None);
         let state = self.core.propose_conf_change(cc, request_id).await?;
