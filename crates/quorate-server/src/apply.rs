@@ -185,35 +185,22 @@ pub fn apply_write(w: &mut WriteTxn, req: &Request) -> Result<WriteResponse, Api
     Ok(with_revision(resp, revision))
 }
 
-fn with_revision(resp: WriteResponse, revision: i64) -> WriteResponse {
-    match resp {
-        WriteResponse::Put(mut r) => {
-            r.header = header(revision);
-            WriteResponse::Put(r)
-        }
-        WriteResponse::DeleteRange(mut r) => {
-            r.header = header(revision);
-            WriteResponse::DeleteRange(r)
-        }
-        WriteResponse::Txn(mut r) => {
-            r.header = header(revision);
-            WriteResponse::Txn(r)
-        }
-        WriteResponse::Compaction(mut r) => {
-            r.header = header(revision);
-            WriteResponse::Compaction(r)
-        }
-        WriteResponse::LeaseGrant(mut r) => {
-            r.header = header(revision);
-            WriteResponse::LeaseGrant(r)
-        }
-        WriteResponse::LeaseRevoke(mut r) => {
-            r.header = header(revision);
-            WriteResponse::LeaseRevoke(r)
-        }
-        WriteResponse::Alarm(mut r) => {
-            r.header = header(revision);
-            WriteResponse::Alarm(r)
+fn with_revision(mut resp: WriteResponse, revision: i64) -> WriteResponse {
+    *resp.header_mut() = header(revision);
+    resp
+}
+
+impl WriteResponse {
+    /// The response's header, whatever the request was.
+    pub fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+        match self {
+            WriteResponse::Put(r) => &mut r.header,
+            WriteResponse::DeleteRange(r) => &mut r.header,
+            WriteResponse::Txn(r) => &mut r.header,
+            WriteResponse::Compaction(r) => &mut r.header,
+            WriteResponse::LeaseGrant(r) => &mut r.header,
+            WriteResponse::LeaseRevoke(r) => &mut r.header,
+            WriteResponse::Alarm(r) => &mut r.header,
         }
     }
 }

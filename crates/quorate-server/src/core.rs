@@ -51,6 +51,12 @@ impl Core {
         })
     }
 
+    /// Completes a header that apply filled with the revision only.
+    pub fn fill_header(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = self.header(revision);
+    }
+
     pub fn applied_index(&self) -> u64 {
         *self.applied_rx.borrow()
     }

@@ -333,7 +333,7 @@ impl StateMachine for Replica {
                                         // again after restart.
                                         return Err(NodeError::StateMachine(msg.clone()));
                                     }
-                                    if self.compaction_pending_for(&r, &result) {
+                                    if matches!(r, Request::Compaction(_)) && result.is_ok() {
                                         self.compaction_pending = true;
                                     }
                                     answers.push((req.id, Applied::Write(result)));
@@ -408,6 +408,9 @@ impl StateMachine for Replica {
             if membership_changed {
                 self.set_membership(membership);
             }
+            // Applied entries are committed: publish the commit first, so a
+            // reader never sees applied > commit.
+            self.view.commit.fetch_max(self.applied, Ordering::Relaxed);
             let _ = self.applied_tx.send(self.applied);
         }
         if alarms_changed {
@@ -554,13 +557,5 @@ impl Replica {
             "defragmented the store"
         );
         Ok(())
-    }
-
-    fn compaction_pending_for(
-        &self,
-        r: &Request,
-        result: &Result<WriteResponse, ApiError>,
-    ) -> bool {
-        matches!(r, Request::Compaction(_)) && result.is_ok()
     }
 }

@@ -81,8 +81,7 @@ impl Kv for KvService {
             self.core.read_barrier().await?;
         }
         let mut resp = self.read(move |s| apply::range(s, &req)).await?;
-        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-        resp.header = self.core.header(rev);
+        self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -93,8 +92,7 @@ impl Kv for KvService {
         self.check_size(req.encoded_len())?;
         match self.write(Write::Put(req)).await? {
             WriteResponse::Put(mut r) => {
-                let rev = r.header.as_ref().map_or(0, |h| h.revision);
-                r.header = self.core.header(rev);
+                self.core.fill_header(&mut r.header);
                 Ok(Response::new(r))
             }
             _ => Err(unexpected()),
@@ -111,8 +109,7 @@ impl Kv for KvService {
         self.check_size(req.encoded_len())?;
         match self.write(Write::DeleteRange(req)).await? {
             WriteResponse::DeleteRange(mut r) => {
-                let rev = r.header.as_ref().map_or(0, |h| h.revision);
-                r.header = self.core.header(rev);
+                self.core.fill_header(&mut r.header);
                 Ok(Response::new(r))
             }
             _ => Err(unexpected()),
@@ -135,8 +132,7 @@ impl Kv for KvService {
                 _ => return Err(unexpected()),
             }
         };
-        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-        resp.header = self.core.header(rev);
+        self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -154,8 +150,7 @@ impl Kv for KvService {
         if physical {
             self.core.wait_compacted().await?;
         }
-        let rev = resp.header.as_ref().map_or(0, |h| h.revision);
-        resp.header = self.core.header(rev);
+        self.core.fill_header(&mut resp.header);
         Ok(Response::new(resp))
     }
 }

@@ -118,8 +118,7 @@ impl Lease for LeaseService {
         }
         match self.core.propose(Write::LeaseGrant(req)).await? {
             WriteResponse::LeaseGrant(mut r) => {
-                let rev = r.header.as_ref().map_or(0, |h| h.revision);
-                r.header = self.core.header(rev);
+                self.core.fill_header(&mut r.header);
                 Ok(Response::new(r))
             }
             _ => Err(Status::internal("etcdserver: unexpected response type")),
@@ -136,8 +135,7 @@ impl Lease for LeaseService {
             .await?
         {
             WriteResponse::LeaseRevoke(mut r) => {
-                let rev = r.header.as_ref().map_or(0, |h| h.revision);
-                r.header = self.core.header(rev);
+                self.core.fill_header(&mut r.header);
                 Ok(Response::new(r))
             }
             _ => Err(Status::internal("etcdserver: unexpected response type")),

@@ -135,8 +135,7 @@ impl Maintenance for MaintenanceService {
             })),
             Ok(_) => match self.core.propose_alarm(req).await? {
                 WriteResponse::Alarm(mut r) => {
-                    let rev = r.header.as_ref().map_or(0, |h| h.revision);
-                    r.header = self.core.header(rev);
+                    self.core.fill_header(&mut r.header);
                     Ok(Response::new(r))
                 }
                 _ => Err(Status::internal("etcdserver: unexpected response type")),
@@ -153,6 +152,8 @@ impl Maintenance for MaintenanceService {
             .await
             .unwrap_or(db_size);
         let view = &self.core.view;
+        // Applied first: the commit index is published before it moves.
+        let applied = self.core.applied_index();
         Ok(Response::new(StatusResponse {
             header: self.core.header(self.revision()?),
             version: ETCD_API_VERSION.to_string(),
@@ -160,7 +161,7 @@ impl Maintenance for MaintenanceService {
             leader: self.core.leader(),
             raft_index: view.commit.load(Ordering::Relaxed),
             raft_term: view.term.load(Ordering::Relaxed),
-            raft_applied_index: self.core.applied_index(),
+            raft_applied_index: applied,
             errors: self
                 .core
                 .alarms()

@@ -1,6 +1,7 @@
 //! gRPC services wire-compatible with etcd's v3 API. Handlers only validate,
-//! translate and route: reads go to a store snapshot, writes to the write
-//! pipeline. What a request does is decided in `apply`.
+//! translate and route: reads go to a store snapshot (after a ReadIndex when
+//! linearizable), writes to the Raft thread. What a request does is decided
+//! in `apply`.
 //!
 //! Services etcd has that are not built yet (Auth) are not
 //! registered, so tonic answers their methods with UNIMPLEMENTED; methods of
